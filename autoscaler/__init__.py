@@ -1,0 +1,1 @@
+"""Per-pool replica decisions and the power-aware cross-site rebalancer (pure policies)."""

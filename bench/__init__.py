@@ -1,0 +1,1 @@
+"""Load generation against the HTTP API and user-facing serving metrics."""

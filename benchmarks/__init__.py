@@ -1,0 +1,1 @@
+"""Benchmarks of Pavana's components: each prints a table and writes JSON."""

@@ -1,0 +1,1 @@
+"""Builds the Serve application from a spec, runs the reconcile loop, the dashboard and the CLI."""

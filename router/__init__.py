@@ -1,0 +1,1 @@
+"""The ingress: OpenAI-compatible HTTP and gRPC, admission, replica choice, the site router."""

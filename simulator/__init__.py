@@ -1,0 +1,1 @@
+"""Discrete-event simulation of a whole cluster with Pavana's own policies and profiled costs."""

@@ -1,0 +1,1 @@
+"""Worker pools: the chunked-prefill engine, the vision encoder and their Ray Serve deployments."""

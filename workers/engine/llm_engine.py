@@ -1,0 +1,249 @@
+"""The engine loop: schedule ▸ run ▸ postprocess, readable top to bottom in `step`.
+
+One engine serves one replica. In `colocated` mode it prefills and decodes; in `prefill` mode
+every request ends after its first token and comes back with its KV as a `KVHandoff`; in
+`decode` mode requests arrive as hand-offs and continue exactly as a colocated run would.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from workers.engine.block_manager import BlockManager
+from workers.engine.config import EngineConfig
+from workers.engine.loader import load_llama
+from workers.engine.model_runner import ModelRunner
+from workers.engine.outputs import KVHandoff, RequestOutput
+from workers.engine.sampling import SamplingParams
+from workers.engine.scheduler import ScheduledBatch, make_scheduler
+from workers.engine.sequence import MultimodalSpan, Sequence
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Request:
+    seq: Sequence
+    detokenizer: object | None
+    text: str = ""
+    emitted_chars: int = 0
+    hold_back: int = 0
+
+
+class LLMEngine:
+    def __init__(self, model_path: str | Path | None = None, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        if self.config.num_threads:
+            torch.set_num_threads(self.config.num_threads)
+        if model_path is None:
+            from workers.engine.default_model import ensure_default_model
+
+            model_path = ensure_default_model()
+        self.model_path = Path(model_path)
+        self.model_config, model = load_llama(self.model_path, self.config.dtype)
+        self.tokenizer = self._load_tokenizer(self.model_path)
+        capacity = self.config.num_kv_blocks * self.config.block_size
+        self.max_model_len = min(self.config.max_model_len or capacity, self.model_config.max_position_embeddings, capacity)
+        self.block_manager = BlockManager(self.config.num_kv_blocks, self.config.block_size, self.config.enable_prefix_caching)
+        self.scheduler = make_scheduler(
+            self.config.policy,
+            self.block_manager,
+            chunk_size=self.config.chunk_size,
+            max_num_seqs=self.config.max_num_seqs,
+            max_model_len=self.max_model_len,
+        )
+        self.runner = ModelRunner(self.model_config, model, self.config)
+        self._requests: dict[str, _Request] = {}
+        self._arrivals = itertools.count()
+        self.eos_token_ids = frozenset(self.model_config.eos_token_ids) | (
+            self.tokenizer.eos_token_ids if self.tokenizer else frozenset()
+        )
+
+    @staticmethod
+    def _load_tokenizer(path: Path):
+        if not (path / "tokenizer.json").is_file():
+            log.info("no tokenizer.json in %s: token ids only, no text or stop strings", path)
+            return None
+        from workers.engine.tokenizer import Tokenizer
+
+        return Tokenizer.from_dir(path)
+
+    # -- requests in ----------------------------------------------------------------------------
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: Seq[int],
+        params: SamplingParams | None = None,
+        mm_spans: Seq[MultimodalSpan] = (),
+    ) -> None:
+        """Queue a prompt. Bad input raises `ValueError` naming the field; nothing else changes."""
+        params = params or SamplingParams()
+        prompt = list(prompt_token_ids)
+        self._validate(request_id, prompt, params)
+        for span in mm_spans:
+            if span.offset < 0 or span.offset + span.length > len(prompt):
+                raise ValueError(f"mm_spans: span at {span.offset} (+{span.length}) lies outside the prompt of {len(prompt)} tokens")
+        seq = Sequence(request_id, prompt, params, next(self._arrivals), mm_spans=list(mm_spans))
+        self._admit(seq)
+
+    def add_handoff(self, handoff: KVHandoff) -> None:
+        """Continue a sequence prefilled elsewhere: its KV is written into this cache on admission."""
+        prompt = handoff.token_ids[: handoff.num_prompt_tokens]
+        self._validate(handoff.request_id, prompt, handoff.params)
+        if handoff.kv.shape[2] != handoff.num_prompt_tokens:
+            raise ValueError(f"kv: holds {handoff.kv.shape[2]} tokens, expected {handoff.num_prompt_tokens}")
+        seq = Sequence(
+            handoff.request_id,
+            list(handoff.token_ids),
+            handoff.params,
+            next(self._arrivals),
+            num_prompt_tokens=handoff.num_prompt_tokens,
+            num_computed_tokens=handoff.num_prompt_tokens,
+            mm_spans=[MultimodalSpan(o, n, h) for o, n, h in handoff.mm_hashes],
+            pending_kv=handoff.kv,
+        )
+        request = self._admit(seq)
+        # The first token was produced by the prefill engine and already reported there; feed it
+        # to the detokenizer so that text and stop strings continue seamlessly.
+        self._detokenize(request, handoff.token_ids[handoff.num_prompt_tokens :])
+        request.emitted_chars = len(request.text)
+
+    def _validate(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params: expected SamplingParams, got {type(params).__name__}")
+        if request_id in self._requests:
+            raise ValueError(f"request_id: {request_id!r} is already running")
+        if not prompt:
+            raise ValueError("prompt: must contain at least one token")
+        if len(prompt) >= self.max_model_len:
+            raise ValueError(
+                f"prompt: {len(prompt)} tokens do not fit the model's context of {self.max_model_len} tokens "
+                "(at least one must be left to generate)"
+            )
+        vocab = self.model_config.vocab_size
+        if min(prompt) < 0 or max(prompt) >= vocab:
+            raise ValueError(f"prompt: token ids must lie in [0, {vocab}), got {min(prompt)}..{max(prompt)}")
+        if len(self._requests) >= self.config.max_queued_requests:
+            raise OverflowError(f"engine: {len(self._requests)} requests queued, the limit is {self.config.max_queued_requests}")
+
+    def _admit(self, seq: Sequence) -> _Request:
+        detok = None
+        if self.tokenizer is not None:
+            from workers.engine.tokenizer import IncrementalDetokenizer
+
+            detok = IncrementalDetokenizer(self.tokenizer)
+        hold_back = max((len(s) for s in seq.params.stop), default=1) - 1
+        request = _Request(seq, detok, hold_back=hold_back)
+        self._requests[seq.request_id] = request
+        self.scheduler.add(seq)
+        return request
+
+    def abort(self, request_id: str) -> bool:
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return False
+        self.scheduler.finish(request.seq, "abort")
+        return True
+
+    # -- the loop -------------------------------------------------------------------------------
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        for chunk in batch.chunks:
+            if chunk.seq.pending_kv is not None:
+                self.runner.import_kv(chunk.seq, chunk.seq.pending_kv)
+                chunk.seq.pending_kv = None
+        sampled = self.runner.execute(batch)
+        return self._postprocess(batch, sampled)
+
+    def _postprocess(self, batch: ScheduledBatch, sampled: dict[str, int]) -> list[RequestOutput]:
+        outputs: list[RequestOutput] = []
+        for chunk in batch.chunks:
+            seq = chunk.seq
+            seq.num_computed_tokens += chunk.num_tokens
+            self.block_manager.commit_full_blocks(seq)
+            token = sampled.get(seq.request_id)
+            if token is None:
+                continue
+            seq.token_ids.append(token)
+            outputs.append(self._emit(self._requests[seq.request_id], token))
+        return outputs
+
+    def _emit(self, request: _Request, token: int) -> RequestOutput:
+        seq = request.seq
+        params = seq.params
+        reason = None
+        if token in params.stop_token_ids or (token in self.eos_token_ids and not params.ignore_eos):
+            reason = "stop"
+        self._detokenize(request, [] if reason else [token])
+        if reason is None and params.stop:
+            from workers.engine.tokenizer import find_stop
+
+            cut = find_stop(request.text, params.stop, request.emitted_chars)
+            if cut is not None:
+                request.text = request.text[:cut]
+                reason = "stop"
+        if reason is None and (seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len):
+            reason = "length"
+
+        handoff = None
+        if reason is None and self.config.mode == "prefill":
+            handoff = KVHandoff(
+                seq.request_id,
+                list(seq.token_ids),
+                seq.num_prompt_tokens,
+                self.runner.export_kv(seq),
+                params,
+                tuple((s.offset, s.length, s.content_hash) for s in seq.mm_spans),
+            )
+        finished = reason is not None or handoff is not None
+        visible = len(request.text) if finished else max(request.emitted_chars, len(request.text) - request.hold_back)
+        new_text = request.text[request.emitted_chars : visible]
+        request.emitted_chars = visible
+        if finished:
+            self.scheduler.finish(seq, reason or "handoff")
+            del self._requests[seq.request_id]
+        return RequestOutput(
+            request_id=seq.request_id,
+            new_token_ids=[token],
+            new_text=new_text,
+            finished=finished,
+            finish_reason=reason,
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_output_tokens=seq.num_output_tokens,
+            handoff=handoff,
+        )
+
+    @staticmethod
+    def _detokenize(request: _Request, token_ids: Seq[int]) -> None:
+        if request.detokenizer is None:
+            return
+        for t in token_ids:
+            request.text += request.detokenizer.push(t)
+
+    # -- conveniences ---------------------------------------------------------------------------
+    def generate(self, prompts: Seq[Seq[int]], params: SamplingParams | Seq[SamplingParams] | None = None) -> list[list[int]]:
+        """Run prompts to completion (offline use, tests, benchmarks); output token ids in order."""
+        params_list = list(params) if isinstance(params, (list, tuple)) else [params or SamplingParams()] * len(prompts)
+        ids = [f"generate-{next(self._arrivals)}" for _ in prompts]
+        for rid, prompt, p in zip(ids, prompts, params_list):
+            self.add_request(rid, prompt, p)
+        results: dict[str, list[int]] = {rid: [] for rid in ids}
+        while self.has_unfinished():
+            for out in self.step():
+                results[out.request_id].extend(out.new_token_ids)
+        return [results[rid] for rid in ids]
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.block_manager.num_free_blocks

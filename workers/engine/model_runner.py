@@ -1,0 +1,112 @@
+"""Executes one `ScheduledBatch`: builds the flat inputs, runs the model over the paged cache,
+samples the next token of every sequence whose chunk reached its end."""
+
+from __future__ import annotations
+
+import torch
+
+from workers.engine.attention import AttentionMetadata, PrefillSpan
+from workers.engine.config import EngineConfig
+from workers.engine.model_config import ModelConfig
+from workers.engine.models.llama import LlamaModel
+from workers.engine.sampler import sample
+from workers.engine.scheduler import ScheduledBatch, ScheduledChunk
+from workers.engine.sequence import Sequence
+
+
+class ModelRunner:
+    def __init__(self, model_config: ModelConfig, model: LlamaModel, config: EngineConfig) -> None:
+        self.model_config = model_config
+        self.model = model
+        self.block_size = config.block_size
+        dtype = model.embed_tokens.weight.dtype
+        num_slots = config.num_kv_blocks * config.block_size
+        shape = (num_slots, model_config.num_kv_heads, model_config.head_dim)
+        self.kv_caches = [(torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)) for _ in range(model_config.num_layers)]
+
+    # -- cache addressing -------------------------------------------------------------------
+    def slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
+        """Cache slots of token positions [start, end) of a sequence."""
+        positions = torch.arange(start, end)
+        table = torch.tensor(seq.block_table, dtype=torch.long)
+        return table[positions // self.block_size] * self.block_size + positions % self.block_size
+
+    @torch.inference_mode()
+    def export_kv(self, seq: Sequence) -> torch.Tensor:
+        """The KV of a sequence's computed tokens as one tensor [layers, 2, tokens, kv_heads, head_dim]."""
+        slots = self.slots(seq, 0, seq.num_computed_tokens)
+        return torch.stack([torch.stack((k[slots], v[slots])) for k, v in self.kv_caches])
+
+    @torch.inference_mode()
+    def import_kv(self, seq: Sequence, kv: torch.Tensor) -> None:
+        slots = self.slots(seq, 0, kv.shape[2])
+        for (k, v), layer_kv in zip(self.kv_caches, kv):
+            k.index_copy_(0, slots, layer_kv[0].to(k.dtype))
+            v.index_copy_(0, slots, layer_kv[1].to(v.dtype))
+
+    # -- one step -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> dict[str, int]:
+        """Run the batch; returns the sampled next token by request id."""
+        chunks = sorted(batch.chunks, key=lambda c: not c.is_decode)  # decodes first
+        token_ids: list[int] = []
+        positions: list[torch.Tensor] = []
+        slot_mapping: list[torch.Tensor] = []
+        decode_contexts: list[torch.Tensor] = []
+        prefills: list[PrefillSpan] = []
+        for c in chunks:
+            seq, end = c.seq, c.start + c.num_tokens
+            token_ids.extend(seq.token_ids[c.start : end])
+            positions.append(torch.arange(c.start, end))
+            context = self.slots(seq, 0, end)
+            slot_mapping.append(context[c.start :])
+            if c.is_decode:
+                decode_contexts.append(context)
+            else:
+                mask = None
+                if c.start > 0:
+                    mask = torch.arange(end)[None, :] <= torch.arange(c.start, end)[:, None]
+                prefills.append(PrefillSpan(len(token_ids) - c.num_tokens, c.num_tokens, context, mask))
+        meta = AttentionMetadata(
+            slot_mapping=torch.cat(slot_mapping),
+            num_decodes=len(decode_contexts),
+            decode_slots=None,
+            decode_mask=None,
+            prefills=prefills,
+        )
+        if decode_contexts:
+            lengths = torch.tensor([len(c) for c in decode_contexts])
+            meta.decode_slots = torch.nn.utils.rnn.pad_sequence(decode_contexts, batch_first=True)
+            meta.decode_mask = (torch.arange(int(lengths.max()))[None, :] < lengths[:, None])[:, None, None, :]
+
+        hidden = self.model.embed_tokens(torch.tensor(token_ids, dtype=torch.long))
+        self._insert_multimodal(hidden, chunks)
+        hidden = self.model(hidden, torch.cat(positions), meta, self.kv_caches)
+
+        sampling = [(i, c) for i, c in enumerate(chunks) if c.samples]
+        if not sampling:
+            return {}
+        ends = torch.tensor([c.num_tokens for c in chunks]).cumsum(0) - 1
+        logits = self.model.logits(hidden[ends[[i for i, _ in sampling]]])
+        tokens = sample(
+            logits,
+            [c.seq.params for _, c in sampling],
+            [c.seq.num_tokens - c.seq.num_prompt_tokens for _, c in sampling],
+        )
+        return {c.seq.request_id: t for (_, c), t in zip(sampling, tokens)}
+
+    @staticmethod
+    def _insert_multimodal(hidden: torch.Tensor, chunks: list[ScheduledChunk]) -> None:
+        """Replace placeholder-token embeddings by image embeddings where a chunk covers them,
+        including when a chunk boundary falls inside an image's tokens."""
+        offset = 0
+        for c in chunks:
+            end = c.start + c.num_tokens
+            for span in c.seq.mm_spans:
+                lo, hi = max(span.offset, c.start), min(span.offset + span.length, end)
+                if lo >= hi:
+                    continue
+                if span.embeds is None:
+                    raise ValueError(f"request {c.seq.request_id}: image embeddings needed at token {lo} but absent")
+                hidden[offset + lo - c.start : offset + hi - c.start] = span.embeds[lo - span.offset : hi - span.offset].to(hidden.dtype)
+            offset += c.num_tokens

@@ -1,0 +1,1 @@
+"""Model architectures the engine runs, written against the paged-attention interface."""

@@ -1,0 +1,40 @@
+"""What the engine hands back: per-step request outputs and the prefill→decode hand-off."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.engine.sampling import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class KVHandoff:
+    """A prefilled sequence, ready for a decode engine to continue.
+
+    `token_ids` are the prompt and the first output token; `kv` is a tensor
+    [layers, 2, num_prompt_tokens, kv_heads, head_dim] holding the prompt's keys and values.
+    `mm_hashes` are (offset, length, content hash) of the prompt's images, so the decode
+    engine's prefix cache tells different images apart.
+    """
+
+    request_id: str
+    token_ids: list[int]
+    num_prompt_tokens: int
+    kv: Any
+    params: SamplingParams
+    mm_hashes: tuple[tuple[int, int, str], ...] = ()
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str
+    finished: bool
+    finish_reason: str | None
+    num_prompt_tokens: int
+    num_output_tokens: int
+    handoff: KVHandoff | None = None
+    num_cached_tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
