@@ -83,22 +83,35 @@ class LLMEngine:
         mm_spans: Seq[MultimodalSpan] = (),
     ) -> None:
         """Queue a prompt. Bad input raises `ValueError` naming the field; nothing else changes."""
+        self.add(self.prepare(request_id, prompt_token_ids, params, mm_spans))
+
+    def add_handoff(self, handoff: KVHandoff) -> None:
+        """Continue a sequence prefilled elsewhere: its KV is written into this cache on admission."""
+        self.add(self.prepare_handoff(handoff))
+
+    def prepare(
+        self,
+        request_id: str,
+        prompt_token_ids: Seq[int],
+        params: SamplingParams | None = None,
+        mm_spans: Seq[MultimodalSpan] = (),
+    ) -> Sequence:
+        """Validate a request and build its sequence without touching the engine's state, so a
+        caller on another thread can reject bad input at once and admit later with `add`."""
         params = params or SamplingParams()
         prompt = list(prompt_token_ids)
         self._validate(request_id, prompt, params)
         for span in mm_spans:
             if span.offset < 0 or span.offset + span.length > len(prompt):
                 raise ValueError(f"mm_spans: span at {span.offset} (+{span.length}) lies outside the prompt of {len(prompt)} tokens")
-        seq = Sequence(request_id, prompt, params, next(self._arrivals), mm_spans=list(mm_spans))
-        self._admit(seq)
+        return Sequence(request_id, prompt, params, next(self._arrivals), mm_spans=list(mm_spans))
 
-    def add_handoff(self, handoff: KVHandoff) -> None:
-        """Continue a sequence prefilled elsewhere: its KV is written into this cache on admission."""
+    def prepare_handoff(self, handoff: KVHandoff) -> Sequence:
         prompt = handoff.token_ids[: handoff.num_prompt_tokens]
         self._validate(handoff.request_id, prompt, handoff.params)
         if handoff.kv.shape[2] != handoff.num_prompt_tokens:
             raise ValueError(f"kv: holds {handoff.kv.shape[2]} tokens, expected {handoff.num_prompt_tokens}")
-        seq = Sequence(
+        return Sequence(
             handoff.request_id,
             list(handoff.token_ids),
             handoff.params,
@@ -108,11 +121,6 @@ class LLMEngine:
             mm_spans=[MultimodalSpan(o, n, h) for o, n, h in handoff.mm_hashes],
             pending_kv=handoff.kv,
         )
-        request = self._admit(seq)
-        # The first token was produced by the prefill engine and already reported there; feed it
-        # to the detokenizer so that text and stop strings continue seamlessly.
-        self._detokenize(request, handoff.token_ids[handoff.num_prompt_tokens :])
-        request.emitted_chars = len(request.text)
 
     def _validate(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
         if not isinstance(params, SamplingParams):
@@ -132,7 +140,10 @@ class LLMEngine:
         if len(self._requests) >= self.config.max_queued_requests:
             raise OverflowError(f"engine: {len(self._requests)} requests queued, the limit is {self.config.max_queued_requests}")
 
-    def _admit(self, seq: Sequence) -> _Request:
+    def add(self, seq: Sequence) -> None:
+        """Admit a prepared sequence into the waiting queue."""
+        if seq.request_id in self._requests:
+            raise ValueError(f"request_id: {seq.request_id!r} is already running")
         detok = None
         if self.tokenizer is not None:
             from workers.engine.tokenizer import IncrementalDetokenizer
@@ -140,9 +151,13 @@ class LLMEngine:
             detok = IncrementalDetokenizer(self.tokenizer)
         hold_back = max((len(s) for s in seq.params.stop), default=1) - 1
         request = _Request(seq, detok, hold_back=hold_back)
+        if seq.num_output_tokens:
+            # A hand-off: its first token was reported by the prefill engine. Feed it to the
+            # detokenizer so that text and stop strings continue seamlessly.
+            self._detokenize(request, seq.output_token_ids)
+            request.emitted_chars = len(request.text)
         self._requests[seq.request_id] = request
         self.scheduler.add(seq)
-        return request
 
     def abort(self, request_id: str) -> bool:
         request = self._requests.pop(request_id, None)

@@ -67,6 +67,7 @@ class Scheduler:
         self.max_model_len = max_model_len
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.num_preemptions = 0
 
     # -- queue operations -------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -105,6 +106,7 @@ class Scheduler:
         seq.pending_kv = None
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
+        self.num_preemptions += 1
         self.waiting.appendleft(seq)
 
     def _allocate_or_preempt(self, seq: Sequence, num_tokens: int, preempted: list[str], scheduled: set[str], *, may_preempt_self: bool) -> bool:
