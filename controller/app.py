@@ -1,0 +1,107 @@
+"""The application builder: one cluster spec in, one Ray Serve application out.
+
+`build_app(spec)` is the single entry from configuration to cluster; `app_builder(args)` is the
+import path that `serve run`, `serve deploy` and KubeRay's `serveConfigV2` name
+(`controller.app:app_builder`). Each pool gets one deployment per site, named
+`<stage>-<site>`, pinned to the site by the Ray custom resource `site.<name>`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve.config import RequestRouterConfig
+
+from cluster.spec import ClusterSpec, PoolSpec, SiteSpec
+from workers.deployments import ColocatedReplica, DecodeReplica, PrefillReplica, VisionReplica
+
+APP_NAME = "pavana"
+INGRESS_NAME = "Ingress"
+
+_REPLICA_CLASSES = {
+    "prefill": PrefillReplica,
+    "decode": DecodeReplica,
+    "colocated": ColocatedReplica,
+    "vision": VisionReplica,
+}
+
+# Replica choice inside a pool (router/replica_router.py): prefill by queued prefill tokens
+# with prefix affinity, decode by free KV blocks.
+_REQUEST_ROUTERS = {
+    "prefill": "router.replica_router:PrefillRequestRouter",
+    "colocated": "router.replica_router:PrefillRequestRouter",
+    "decode": "router.replica_router:DecodeRequestRouter",
+}
+
+# The fraction of a site's resource that one replica claims: small, so a site's capacity is
+# bounded by its spec's `max_replicas`, not by this bookkeeping.
+SITE_RESOURCE_PER_REPLICA = 0.001
+
+
+def deployment_name(stage: str, site: str) -> str:
+    return f"{stage}-{site}"
+
+
+def site_resource(site: str) -> str:
+    return f"site.{site}"
+
+
+def engine_settings(spec: ClusterSpec) -> dict[str, Any]:
+    """The spec's engine section as `EngineConfig` keyword arguments (mode is the pool's)."""
+    e = spec.engine
+    settings = dict(
+        policy=e.policy,
+        chunk_size=e.chunk_size,
+        max_num_seqs=e.max_num_seqs,
+        block_size=e.block_size,
+        num_kv_blocks=e.num_kv_blocks,
+        enable_prefix_caching=e.enable_prefix_caching,
+        dtype=spec.model.dtype,
+        num_threads=e.num_threads,
+    )
+    if spec.model.max_model_len:
+        settings["max_model_len"] = spec.model.max_model_len
+    return settings
+
+
+def _pool_deployment(stage: str, pool: PoolSpec, site: SiteSpec, spec: ClusterSpec, *, use_site_resources: bool):
+    actor_options: dict[str, Any] = {"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus}
+    if use_site_resources:
+        actor_options["resources"] = {site_resource(site.name): SITE_RESOURCE_PER_REPLICA}
+    options: dict[str, Any] = dict(
+        name=deployment_name(stage, site.name),
+        num_replicas=pool.initial_replicas,
+        ray_actor_options=actor_options,
+        max_ongoing_requests=1024,
+        health_check_period_s=5,
+    )
+    if stage in _REQUEST_ROUTERS:
+        options["request_router_config"] = RequestRouterConfig(
+            request_router_class=_REQUEST_ROUTERS[stage], request_routing_stats_period_s=0.5
+        )
+    deployment = serve.deployment(_REPLICA_CLASSES[stage]).options(**options)
+    model_path = spec.model.path
+    if stage == "vision":
+        return deployment.bind(model_path, stage, site.name)
+    return deployment.bind(model_path, engine_settings(spec), stage, site.name)
+
+
+def build_app(spec: ClusterSpec, *, use_site_resources: bool = True) -> serve.Application:
+    """Bind every pool of every site and the ingress that orchestrates them."""
+    from router.ingress import Ingress
+
+    pools: dict[str, dict[str, Any]] = {}
+    for site in spec.sites:
+        pools[site.name] = {
+            stage: _pool_deployment(stage, pool, site, spec, use_site_resources=use_site_resources)
+            for stage, pool in spec.pools.items()
+        }
+    ingress = serve.deployment(Ingress).options(name=INGRESS_NAME, max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0})
+    return ingress.bind(spec.model_dump(mode="json"), pools)
+
+
+def app_builder(args: dict[str, str]) -> serve.Application:
+    """Entry for `serve run controller.app:app_builder spec=FILE` and KubeRay's serveConfigV2."""
+    spec = ClusterSpec.from_yaml(args["spec"]) if "spec" in args else ClusterSpec.default()
+    return build_app(spec)

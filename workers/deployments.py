@@ -1,0 +1,165 @@
+"""The Ray Serve deployments of the pools: vision encoder, prefill, decode and colocated.
+
+Each replica owns one engine (or one vision encoder) and serves many requests at once: the
+engine's stepping loop batches whatever is in flight. Large payloads — image embeddings and
+KV caches — go into Ray's object store here and travel as ObjectRefs, so the router passes
+references and never the tensors.
+
+`controller/app.py` turns these classes into one Serve deployment per pool and site.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ray
+
+from workers.engine.async_engine import AsyncEngine
+from workers.engine.config import EngineConfig
+from workers.engine.llm_engine import LLMEngine
+from workers.engine.outputs import KVHandoff, RequestOutput
+from workers.engine.sequence import MultimodalSpan
+from workers.requests import GenerateRequest, ImageInput, PrefillResult, TokenChunk
+
+log = logging.getLogger(__name__)
+
+# How many prefix hashes a replica advertises for prefix-affinity routing.
+MAX_ADVERTISED_PREFIX_HASHES = 4096
+
+
+def _chunk(out: RequestOutput, stage: str) -> TokenChunk:
+    return TokenChunk(
+        request_id=out.request_id,
+        token_ids=list(out.new_token_ids),
+        text=out.new_text,
+        finished=out.finished and out.handoff is None,
+        finish_reason=out.finish_reason,
+        num_prompt_tokens=out.num_prompt_tokens,
+        num_output_tokens=out.num_output_tokens,
+        stage=stage,
+    )
+
+
+class EngineReplica:
+    """What every LLM pool replica shares: an engine, its loop and its routing stats."""
+
+    mode = "colocated"
+    stage = "colocated"
+
+    def __init__(self, model_path: str | None, engine_config: dict[str, Any], pool: str, site: str) -> None:
+        config = EngineConfig(**{**engine_config, "mode": self.mode})
+        self.engine = LLMEngine(model_path, config)
+        self.async_engine = AsyncEngine(self.engine)
+        self.pool = pool
+        self.site = site
+        log.info("%s replica up at site %s: %s", self.stage, site, self.engine.model_path)
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        """Called by Ray Serve for request routers (`router/replica_router.py`)."""
+        stats = self.async_engine.stats()
+        hashes = sorted(stats.prefix_hashes)[:MAX_ADVERTISED_PREFIX_HASHES]
+        return {
+            "pool": self.pool,
+            "site": self.site,
+            "running": stats.running,
+            "waiting": stats.waiting,
+            "queued_prefill_tokens": stats.queued_prefill_tokens,
+            "free_kv_blocks": stats.free_kv_blocks,
+            "total_kv_blocks": stats.total_kv_blocks,
+            "tokens_per_s": stats.tokens_per_s,
+            "busy_fraction": stats.busy_fraction,
+            "prefix_hashes": hashes,
+        }
+
+    async def stats(self) -> dict[str, Any]:
+        return self.record_routing_stats()
+
+    async def check_health(self) -> None:
+        if self.async_engine._dead is not None:
+            raise RuntimeError(f"engine loop failed: {self.async_engine._dead!r}")
+
+    @staticmethod
+    async def _image_spans(images: tuple[ImageInput, ...]) -> list[MultimodalSpan]:
+        embeds = await asyncio.gather(*(img.embeds_ref for img in images)) if images else []
+        return [MultimodalSpan(img.offset, img.length, img.content_hash, e) for img, e in zip(images, embeds)]
+
+    async def _generate(self, request: GenerateRequest) -> AsyncIterator[RequestOutput]:
+        spans = await self._image_spans(request.images)
+        async for out in self.async_engine.generate(request.request_id, request.prompt_token_ids, request.params, spans):
+            yield out
+
+
+class ColocatedReplica(EngineReplica):
+    """Prefill and decode in one replica, Sarathi-Serve style."""
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenChunk]:
+        async for out in self._generate(request):
+            yield _chunk(out, self.stage)
+
+
+class PrefillReplica(EngineReplica):
+    mode = "prefill"
+    stage = "prefill"
+
+    async def prefill(self, request: GenerateRequest) -> PrefillResult:
+        last = None
+        async for out in self._generate(request):
+            last = out
+        assert last is not None and last.finished
+        if last.handoff is None:  # the first token already ended the request
+            return PrefillResult(first=_chunk(last, self.stage), num_prompt_tokens=last.num_prompt_tokens)
+        return PrefillResult(
+            first=_chunk(last, self.stage),
+            kv_ref=[ray.put(last.handoff.kv)],
+            num_prompt_tokens=last.handoff.num_prompt_tokens,
+            mm_hashes=last.handoff.mm_hashes,
+        )
+
+
+class DecodeReplica(EngineReplica):
+    mode = "decode"
+    stage = "decode"
+
+    async def decode(self, request: GenerateRequest, prefilled: PrefillResult) -> AsyncIterator[TokenChunk]:
+        kv = await prefilled.kv_ref[0]
+        handoff = KVHandoff(
+            request_id=request.request_id,
+            token_ids=[*request.prompt_token_ids, *prefilled.first.token_ids],
+            num_prompt_tokens=prefilled.num_prompt_tokens,
+            kv=kv,
+            params=request.params,
+            mm_hashes=prefilled.mm_hashes,
+        )
+        async for out in self.async_engine.generate_from_handoff(handoff):
+            yield _chunk(out, self.stage)
+
+
+class VisionReplica:
+    """Encodes images into embeddings, once per distinct image (content-hash cache)."""
+
+    stage = "vision"
+
+    def __init__(self, model_path: str | None, pool: str, site: str, cache_size: int = 256) -> None:
+        from workers.vision.encoder import VisionEncoder
+
+        if model_path is None:
+            from workers.engine.default_model import ensure_default_model
+
+            model_path = str(ensure_default_model())
+        self.encoder = VisionEncoder.from_pretrained(model_path, cache_size=cache_size)
+        self.pool = pool
+        self.site = site
+        self._lock = asyncio.Lock()
+
+    async def encode(self, images: list[bytes]) -> list[Any]:
+        """One ObjectRef of embeddings per image, in order; a bad image raises `ValueError`
+        naming it. (Refs nested in a returned list reach the caller unresolved.)"""
+        async with self._lock:  # one forward pass at a time; requests queue here
+            embeds = await asyncio.get_running_loop().run_in_executor(None, self.encoder.encode, images)
+        return [ray.put(e) for e in embeds]
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        return {"pool": self.pool, "site": self.site}

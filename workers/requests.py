@@ -1,0 +1,74 @@
+"""What the router sends to a pool and what a pool streams back: plain, picklable records.
+
+These are the only worker types the router imports (DESIGN.md: `router` may import
+`workers` for deployment names and request types only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.engine.sampling import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInput:
+    """One image of a prompt: where its placeholder tokens sit and where its embeddings are.
+
+    `embeds_ref` is a Ray ObjectRef produced by the vision pool; nested in this record it is
+    not resolved by Serve on the way, and the prefill replica fetches it directly from the
+    object store.
+    """
+
+    offset: int
+    length: int
+    content_hash: str
+    embeds_ref: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    images: tuple[ImageInput, ...] = ()
+    qos_class: str = "interactive"
+    # Full-block prefix hashes of the prompt, for prefix-affinity replica choice.
+    prefix_hashes: tuple[int, ...] = ()
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenChunk:
+    """A piece of a response stream: new tokens and text, and how the request ended."""
+
+    request_id: str
+    token_ids: list[int]
+    text: str
+    finished: bool = False
+    finish_reason: str | None = None
+    num_prompt_tokens: int = 0
+    num_output_tokens: int = 0
+    stage: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillResult:
+    """A prefill replica's answer: the first token, and the KV left in the object store.
+
+    `kv_ref` is a one-element list holding the ObjectRef of the KV tensor, so the router
+    passes a reference to the decode pool and never holds the tensor itself. When the first
+    token already ends the request, `kv_ref` is empty.
+    """
+
+    first: TokenChunk
+    kv_ref: list[Any] = field(default_factory=list)
+    num_prompt_tokens: int = 0
+    mm_hashes: tuple[tuple[int, int, str], ...] = ()
+
+
+STAGES = ("vision", "prefill", "decode", "colocated")
