@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from workers.engine.attention import AttentionMetadata, PrefillSpan
+from workers.engine.attention import AttentionMetadata, DecodeGroup, PrefillSpan
 from workers.engine.config import EngineConfig
 from workers.engine.model_config import ModelConfig
 from workers.engine.models.llama import LlamaModel
@@ -48,36 +48,35 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> dict[str, int]:
         """Run the batch; returns the sampled next token by request id."""
-        chunks = sorted(batch.chunks, key=lambda c: not c.is_decode)  # decodes first
+        # decodes first, shortest context first (for grouping), then prefill chunks
+        chunks = sorted(batch.chunks, key=lambda c: (not c.is_decode, c.start if c.is_decode else 0))
+        bs = self.block_size
         token_ids: list[int] = []
         positions: list[torch.Tensor] = []
         slot_mapping: list[torch.Tensor] = []
-        decode_contexts: list[torch.Tensor] = []
+        decode_tables: list[torch.Tensor] = []
+        decode_lengths: list[int] = []
         prefills: list[PrefillSpan] = []
         for c in chunks:
             seq, end = c.seq, c.start + c.num_tokens
             token_ids.extend(seq.token_ids[c.start : end])
             positions.append(torch.arange(c.start, end))
-            context = self.slots(seq, 0, end)
-            slot_mapping.append(context[c.start :])
+            slot_mapping.append(self.slots(seq, c.start, end))
+            table = torch.tensor(seq.block_table[: -(-end // bs)], dtype=torch.long)
             if c.is_decode:
-                decode_contexts.append(context)
+                decode_tables.append(table)
+                decode_lengths.append(end)
             else:
                 mask = None
                 if c.start > 0:
                     mask = torch.arange(end)[None, :] <= torch.arange(c.start, end)[:, None]
-                prefills.append(PrefillSpan(len(token_ids) - c.num_tokens, c.num_tokens, context, mask))
+                prefills.append(PrefillSpan(len(token_ids) - c.num_tokens, c.num_tokens, end, table, mask))
         meta = AttentionMetadata(
+            block_size=bs,
             slot_mapping=torch.cat(slot_mapping),
-            num_decodes=len(decode_contexts),
-            decode_slots=None,
-            decode_mask=None,
+            decode_groups=self._group_decodes(decode_tables, decode_lengths),
             prefills=prefills,
         )
-        if decode_contexts:
-            lengths = torch.tensor([len(c) for c in decode_contexts])
-            meta.decode_slots = torch.nn.utils.rnn.pad_sequence(decode_contexts, batch_first=True)
-            meta.decode_mask = (torch.arange(int(lengths.max()))[None, :] < lengths[:, None])[:, None, None, :]
 
         hidden = self.model.embed_tokens(torch.tensor(token_ids, dtype=torch.long))
         self._insert_multimodal(hidden, chunks)
@@ -94,6 +93,22 @@ class ModelRunner:
             [c.seq.num_tokens - c.seq.num_prompt_tokens for _, c in sampling],
         )
         return {c.seq.request_id: t for (_, c), t in zip(sampling, tokens)}
+
+    def _group_decodes(self, tables: list[torch.Tensor], lengths: list[int]) -> list[DecodeGroup]:
+        """Split decodes (sorted by context length) into groups whose padding stays small:
+        a new group starts when the padded width would exceed twice the group's shortest."""
+        groups: list[DecodeGroup] = []
+        first = 0
+        while first < len(tables):
+            end = first + 1
+            while end < len(tables) and len(tables[end]) <= 2 * len(tables[first]) + 1:
+                end += 1
+            padded = torch.nn.utils.rnn.pad_sequence(tables[first:end], batch_first=True)
+            width = padded.shape[1] * self.block_size
+            mask = torch.arange(width)[None, :] < torch.tensor(lengths[first:end])[:, None]
+            groups.append(DecodeGroup(first, end - first, padded, mask[:, None, None, :]))
+            first = end
+        return groups
 
     @staticmethod
     def _insert_multimodal(hidden: torch.Tensor, chunks: list[ScheduledChunk]) -> None:

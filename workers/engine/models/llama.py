@@ -61,7 +61,7 @@ class LlamaLayer(nn.Module):
         v = v.view(-1, cfg.num_kv_heads, cfg.head_dim)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        attn = paged_attention(q, k, v, k_cache, v_cache, meta, self.scale)
+        attn = paged_attention(q, k, v, k_cache, v_cache, meta, self.scale, meta.block_size)
         h = h + self.o_proj(attn.reshape(attn.shape[0], -1))
         x = rms_norm(h, self.post_attention_norm, cfg.rms_norm_eps)
         gate, up = self.gate_up(x).chunk(2, dim=-1)
