@@ -120,6 +120,7 @@ class LLMEngine:
             num_computed_tokens=handoff.num_prompt_tokens,
             mm_spans=[MultimodalSpan(o, n, h) for o, n, h in handoff.mm_hashes],
             pending_kv=handoff.kv,
+            num_text_chars_emitted=handoff.num_text_chars_emitted,
         )
 
     def _validate(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
@@ -155,7 +156,7 @@ class LLMEngine:
             # A hand-off: its first token was reported by the prefill engine. Feed it to the
             # detokenizer so that text and stop strings continue seamlessly.
             self._detokenize(request, seq.output_token_ids)
-            request.emitted_chars = len(request.text)
+            request.emitted_chars = min(seq.num_text_chars_emitted, len(request.text))
         self._requests[seq.request_id] = request
         self.scheduler.add(seq)
 
@@ -201,18 +202,25 @@ class LLMEngine:
         if token in params.stop_token_ids or (token in self.eos_token_ids and not params.ignore_eos):
             reason = "stop"
         self._detokenize(request, [] if reason else [token])
+        cut_at_stop_string = False
         if reason is None and params.stop:
             from workers.engine.tokenizer import find_stop
 
             cut = find_stop(request.text, params.stop, request.emitted_chars)
             if cut is not None:
                 request.text = request.text[:cut]
-                reason = "stop"
+                reason, cut_at_stop_string = "stop", True
         if reason is None and (seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len):
             reason = "length"
+        if reason is not None and request.detokenizer is not None and not cut_at_stop_string:
+            request.text += request.detokenizer.flush()  # text held back for a partial character
 
+        hand_off = reason is None and self.config.mode == "prefill"
+        visible = len(request.text) if reason is not None else max(request.emitted_chars, len(request.text) - request.hold_back)
+        new_text = request.text[request.emitted_chars : visible]
+        request.emitted_chars = visible
         handoff = None
-        if reason is None and self.config.mode == "prefill":
+        if hand_off:
             handoff = KVHandoff(
                 seq.request_id,
                 list(seq.token_ids),
@@ -220,11 +228,9 @@ class LLMEngine:
                 self.runner.export_kv(seq),
                 params,
                 tuple((s.offset, s.length, s.content_hash) for s in seq.mm_spans),
+                num_text_chars_emitted=visible,
             )
-        finished = reason is not None or handoff is not None
-        visible = len(request.text) if finished else max(request.emitted_chars, len(request.text) - request.hold_back)
-        new_text = request.text[request.emitted_chars : visible]
-        request.emitted_chars = visible
+        finished = reason is not None or hand_off
         if finished:
             self.scheduler.finish(seq, reason or "handoff")
             del self._requests[seq.request_id]

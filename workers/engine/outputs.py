@@ -24,6 +24,9 @@ class KVHandoff:
     kv: Any
     params: SamplingParams
     mm_hashes: tuple[tuple[int, int, str], ...] = ()
+    # Characters of the first token's text the prefill engine already streamed (a partial
+    # UTF-8 character is held back until the decode engine completes it).
+    num_text_chars_emitted: int = 0
 
 
 @dataclass(slots=True)

@@ -52,6 +52,8 @@ class Sequence:
     # KV tensors handed over by a prefill replica, written into this engine's cache on admission.
     pending_kv: Any = None
     num_preemptions: int = 0
+    # For a hand-off: how much of the output's text the prefill engine already streamed.
+    num_text_chars_emitted: int = 0
 
     def __post_init__(self) -> None:
         if not self.num_prompt_tokens:

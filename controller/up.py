@@ -1,0 +1,119 @@
+"""`pavana up` and `pavana down`: run Pavana on an embedded local Ray cluster (or join one).
+
+`up` runs in the foreground until interrupted, like `serve run`; it records its process id and
+URLs in a state file so that `pavana down` (from another terminal) can stop it cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.spec import ClusterSpec
+
+log = logging.getLogger(__name__)
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("PAVANA_STATE_DIR", Path.home() / ".cache" / "pavana"))
+
+
+def state_file() -> Path:
+    return state_dir() / "up.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    http_url: str
+    grpc_address: str
+    api_key: str | None
+
+
+def with_api_key(spec: ClusterSpec, *, insecure: bool) -> tuple[ClusterSpec, str | None]:
+    """Inference is authenticated by default: keys come from the spec, `PAVANA_API_KEYS`
+    (comma-separated), or a fresh random key. `insecure` opens the API deliberately."""
+    if insecure:
+        return spec.model_copy(update={"api_keys": []}), None
+    keys = list(spec.api_keys) or [k for k in os.environ.get("PAVANA_API_KEYS", "").split(",") if k]
+    generated = None
+    if not keys:
+        generated = "pk-" + secrets.token_urlsafe(24)
+        keys = [generated]
+    return spec.model_copy(update={"api_keys": keys}), generated or keys[0]
+
+
+def start_ray(spec: ClusterSpec, address: str | None) -> None:
+    """Join `address`, or start an embedded local cluster whose single node carries every
+    site's custom resource, so all sites of the spec can be placed on one machine."""
+    import ray
+
+    if address:
+        ray.init(address=address)
+        return
+    pools_cpus = sum(p.num_cpus * p.max_replicas for p in spec.pools.values()) * len(spec.sites)
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, int(pools_cpus) + 1),
+        resources={f"site.{site.name}": 1000 for site in spec.sites},
+        include_dashboard=False,
+    )
+
+
+def up(spec: ClusterSpec, *, address: str | None = None, insecure: bool = False, on_ready=None) -> None:
+    """Deploy and serve until SIGINT/SIGTERM; then shut Serve (and an embedded Ray) down."""
+    import ray
+    from ray import serve
+
+    from controller.serving import start_serving
+
+    spec, api_key = with_api_key(spec, insecure=insecure)
+    start_ray(spec, address)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        start_serving(spec)
+        endpoints = Endpoints(
+            http_url=f"http://127.0.0.1:{spec.http_port}/v1",
+            grpc_address=f"127.0.0.1:{spec.grpc_port}",
+            api_key=api_key,
+        )
+        state_dir().mkdir(parents=True, exist_ok=True)
+        state_file().write_text(json.dumps({"pid": os.getpid(), "http_url": endpoints.http_url, "grpc_address": endpoints.grpc_address}))
+        if on_ready is not None:
+            on_ready(endpoints)
+        stop.wait()
+    finally:
+        state_file().unlink(missing_ok=True)
+        if address:
+            serve.delete("pavana")
+        else:
+            serve.shutdown()
+            ray.shutdown()
+
+
+def down(timeout_s: float = 60.0) -> str:
+    """Stop the `pavana up` recorded in the state file; returns what happened, for the CLI."""
+    path = state_file()
+    if not path.exists():
+        return "nothing to stop: no `pavana up` is recorded"
+    pid = json.loads(path.read_text())["pid"]
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        path.unlink(missing_ok=True)
+        return f"process {pid} was already gone; cleared its record"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return f"stopped pavana (process {pid})"
+        time.sleep(0.2)
+    return f"process {pid} did not stop within {timeout_s:.0f} s"
