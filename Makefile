@@ -1,0 +1,44 @@
+# The two commands of a fresh machine: `make up` and `make test`. Both create .venv when it is
+# missing and install what they need first.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv up test test-fast bench redis chromium proto clean
+
+venv: $(STAMP)
+
+# torch first, pinned: a CPU build lies on these machines' disk, while an unpinned torch
+# would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Telemetry needs a Redis server; use the local one, or start a private one.
+redis:
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || { \
+	  command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server redis-tools); \
+	  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no; \
+	  sleep 0.5; }
+
+up: venv
+	$(VENV)/bin/pavana up
+
+test: venv redis
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow and not ray and not redis"
+
+bench: venv
+	$(VENV)/bin/pavana bench engine --quick --json benchmarks/results/engine.json
+
+proto: venv
+	bash router/proto/generate.sh
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

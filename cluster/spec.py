@@ -1,0 +1,238 @@
+"""The cluster spec: what to serve, how each engine batches, which pools run at which sites,
+and the service levels promised to each class of traffic.
+
+Pydantic models validate a spec once, where it enters (YAML file, HTTP body, Ray Serve
+config); everything downstream trusts it. Errors name the field and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Stage = Literal["vision", "prefill", "decode", "colocated"]
+_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+class SpecError(ValueError):
+    """A spec that does not validate; the message lists every bad field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Model):
+    name: str = Field("pavana-tiny", min_length=1, description="the model name clients ask for")
+    path: str | None = Field(None, description="a Hugging Face safetensors directory; None = the bundled tiny model")
+    max_model_len: int | None = Field(None, gt=0)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class EngineSpec(_Model):
+    backend: Literal["pavana", "vllm"] = "pavana"
+    policy: Literal["sarathi", "prefill_first"] = "sarathi"
+    chunk_size: int = Field(256, gt=0, description="token budget of one iteration")
+    max_num_seqs: int = Field(64, gt=0)
+    block_size: int = Field(16, gt=0)
+    num_kv_blocks: int = Field(2048, gt=0)
+    enable_prefix_caching: bool = True
+    num_threads: int | None = Field(None, gt=0)
+
+
+class SLO(_Model):
+    ttft_s: float = Field(2.0, gt=0, description="time to first token")
+    tbt_s: float = Field(0.2, gt=0, description="time between tokens")
+    e2e_s: float | None = Field(None, gt=0)
+
+
+class QoSClass(_Model):
+    name: str = Field(min_length=1)
+    priority: int = Field(0, ge=0, description="lower is more important")
+    slo: SLO = SLO()
+    max_queue_s: float | None = Field(None, gt=0)
+
+
+class PowerMode(_Model):
+    name: str = Field(min_length=1)
+    power_w: float = Field(gt=0, description="power of one replica in this mode")
+    throughput_fraction: float = Field(1.0, gt=0, le=1)
+
+
+class ConstantPower(_Model):
+    kind: Literal["constant"] = "constant"
+    power_w: float = Field(1e9, ge=0)
+
+
+class TracePower(_Model):
+    kind: Literal["trace"]
+    path: str
+    column: str
+    scale_w: float = Field(gt=0, description="watts for a trace value of 1.0")
+    start: str | int | None = Field(None, description="row offset or the trace's timestamp to start at")
+    speed: float = Field(1.0, gt=0, description="trace seconds per wall-clock second")
+
+
+class RedisPower(_Model):
+    kind: Literal["redis"]
+
+
+PowerSource = Annotated[ConstantPower | TracePower | RedisPower, Field(discriminator="kind")]
+
+
+class SiteSpec(_Model):
+    name: str
+    power: PowerSource = ConstantPower()
+    power_modes: list[PowerMode] = Field(default_factory=lambda: [PowerMode(name="full", power_w=300.0)])
+    latency_ms: float = Field(0.0, ge=0)
+    max_replicas: int = Field(16, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _resource_name(cls, v: str) -> str:
+        if not _SITE_NAME.match(v):
+            raise ValueError("must be letters, digits, '-' or '_' (it names the Ray resource site.<name>)")
+        return v
+
+
+class PoolSpec(_Model):
+    stage: Stage
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(4, ge=0)
+    initial_replicas: int = Field(1, ge=0)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    target_ongoing_requests: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PoolSpec:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
+        if not self.min_replicas <= self.initial_replicas <= self.max_replicas:
+            raise ValueError(
+                f"initial_replicas ({self.initial_replicas}) must lie in [min_replicas, max_replicas] = "
+                f"[{self.min_replicas}, {self.max_replicas}]"
+            )
+        return self
+
+
+def _default_pools() -> dict[str, PoolSpec]:
+    return {stage: PoolSpec(stage=stage) for stage in ("vision", "prefill", "decode")}
+
+
+def _default_classes() -> list[QoSClass]:
+    return [
+        QoSClass(name="interactive", priority=0, slo=SLO(ttft_s=1.0, tbt_s=0.1)),
+        QoSClass(name="batch", priority=1, slo=SLO(ttft_s=30.0, tbt_s=1.0)),
+    ]
+
+
+class ClusterSpec(_Model):
+    model: ModelSpec = ModelSpec()
+    engine: EngineSpec = EngineSpec()
+    topology: Literal["disaggregated", "colocated"] = "disaggregated"
+    pools: dict[str, PoolSpec] = Field(default_factory=_default_pools)
+    sites: list[SiteSpec] = Field(default_factory=lambda: [SiteSpec(name="local")], min_length=1)
+    qos_classes: list[QoSClass] = Field(default_factory=_default_classes, min_length=1)
+    default_qos_class: str = "interactive"
+    http_port: int = Field(8000, gt=0, lt=65536)
+    grpc_port: int = Field(9000, gt=0, lt=65536)
+    redis_url: str = "redis://127.0.0.1:6379"
+    telemetry_prefix: str = Field("pavana", min_length=1)
+    api_keys: list[str] = Field(default_factory=list)
+    allow_remote_image_urls: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClusterSpec:
+        for key, pool in self.pools.items():
+            if key != pool.stage:
+                raise ValueError(f"pools.{key}: the key must equal the pool's stage ({pool.stage!r})")
+        needed = {"prefill", "decode"} if self.topology == "disaggregated" else {"colocated"}
+        allowed = needed | {"vision"}
+        if missing := needed - self.pools.keys():
+            raise ValueError(f"pools: topology {self.topology!r} needs pools {sorted(missing)}")
+        if extra := self.pools.keys() - allowed:
+            raise ValueError(f"pools: topology {self.topology!r} does not use pools {sorted(extra)}")
+        names = [s.name for s in self.sites]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sites: names must be unique, got {names}")
+        classes = [c.name for c in self.qos_classes]
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"qos_classes: names must be unique, got {classes}")
+        if self.default_qos_class not in classes:
+            raise ValueError(f"default_qos_class: {self.default_qos_class!r} is not one of {classes}")
+        if self.http_port == self.grpc_port:
+            raise ValueError("grpc_port: must differ from http_port")
+        return self
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def default(cls) -> ClusterSpec:
+        """The embedded defaults: the bundled tiny model, one site, disaggregated pools."""
+        return cls()
+
+    @classmethod
+    def parse(cls, data: dict, *, base_dir: Path | None = None) -> ClusterSpec:
+        """Validate a dict; relative trace paths resolve against `base_dir` (the spec's folder)."""
+        try:
+            spec = cls.model_validate(data or {})
+        except ValidationError as exc:
+            raise SpecError(_readable(exc)) from None
+        if base_dir is not None:
+            spec = spec._resolve_paths(base_dir)
+        return spec
+
+    @classmethod
+    def from_yaml_text(cls, text: str, *, base_dir: Path | None = None) -> ClusterSpec:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"spec is not valid YAML: {exc}") from None
+        if data is not None and not isinstance(data, dict):
+            raise SpecError(f"spec must be a mapping at the top level, got {type(data).__name__}")
+        return cls.parse(data or {}, base_dir=base_dir)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ClusterSpec:
+        path = Path(path)
+        return cls.from_yaml_text(path.read_text(), base_dir=path.resolve().parent)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def _resolve_paths(self, base_dir: Path) -> ClusterSpec:
+        sites = []
+        for site in self.sites:
+            if isinstance(site.power, TracePower) and not Path(site.power.path).is_absolute():
+                power = site.power.model_copy(update={"path": str((base_dir / site.power.path).resolve())})
+                site = site.model_copy(update={"power": power})
+            sites.append(site)
+        model = self.model
+        if model.path and not Path(model.path).is_absolute():
+            model = model.model_copy(update={"path": str((base_dir / model.path).resolve())})
+        return self.model_copy(update={"sites": sites, "model": model})
+
+    # -- lookups --------------------------------------------------------------------------------
+    def site(self, name: str) -> SiteSpec:
+        for s in self.sites:
+            if s.name == name:
+                return s
+        raise KeyError(f"site {name!r} is not in the spec (sites: {[s.name for s in self.sites]})")
+
+    def qos_class(self, name: str) -> QoSClass:
+        for c in self.qos_classes:
+            if c.name == name:
+                return c
+        raise KeyError(f"QoS class {name!r} is not in the spec (classes: {[c.name for c in self.qos_classes]})")
+
+
+def _readable(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "spec"
+        lines.append(f"{where}: {err['msg']}")
+    return "invalid cluster spec:\n  " + "\n  ".join(lines)

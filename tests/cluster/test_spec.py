@@ -1,0 +1,55 @@
+from pathlib import Path
+
+import pytest
+
+from cluster.spec import ClusterSpec, SpecError, TracePower
+
+SPECS = Path(__file__).resolve().parents[2] / "deploy" / "specs"
+
+
+def test_default_spec_is_the_documented_one():
+    spec = ClusterSpec.default()
+    assert spec.topology == "disaggregated"
+    assert set(spec.pools) == {"vision", "prefill", "decode"}
+    assert [s.name for s in spec.sites] == ["local"]
+    assert spec.qos_class(spec.default_qos_class).priority == 0
+    assert ClusterSpec.from_yaml(SPECS / "default.yaml") == spec
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "colocated.yaml", "two-sites.yaml"])
+def test_every_shipped_spec_loads_and_round_trips(name):
+    spec = ClusterSpec.from_yaml(SPECS / name)
+    assert ClusterSpec.from_yaml_text(spec.to_yaml()) == spec
+
+
+def test_trace_paths_resolve_against_the_spec_file():
+    spec = ClusterSpec.from_yaml(SPECS / "two-sites.yaml")
+    power = spec.site("farm-a").power
+    assert isinstance(power, TracePower)
+    assert Path(power.path).is_absolute() and Path(power.path).name == "gefcom2012_wind_5farms_hourly.csv"
+
+
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ("engine: {chunk_size: -1}", "engine.chunk_size"),
+        ("engine: {policy: round_robin}", "engine.policy"),
+        ("pools: {prefill: {stage: prefill, min_replicas: 3, max_replicas: 1, initial_replicas: 1}, decode: {stage: decode}}", "pools.prefill"),
+        ("pools: {prefill: {stage: prefill}}", "decode"),
+        ("pools: {prefill: {stage: decode}, decode: {stage: decode}}", "pools.prefill"),
+        ("sites: [{name: a}, {name: a}]", "sites"),
+        ("sites: [{name: 'bad name'}]", "sites.0.name"),
+        ("default_qos_class: premium", "default_qos_class"),
+        ("engine: {chunk_sise: 3}", "engine.chunk_sise"),
+        ("topology: colocated", "colocated"),
+        ("sites: [{name: a, power: {kind: trace, column: wp1}}]", "sites.0.power"),
+    ],
+)
+def test_bad_specs_name_the_field(text, field):
+    with pytest.raises(SpecError, match=field.replace(".", r"\.")):
+        ClusterSpec.from_yaml_text(text)
+
+
+def test_not_a_mapping_is_rejected():
+    with pytest.raises(SpecError, match="mapping"):
+        ClusterSpec.from_yaml_text("- just\n- a list\n")
