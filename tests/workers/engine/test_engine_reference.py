@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny_llama
+from tiny_checkpoints import build_tiny_llama
 
 from workers.engine.config import EngineConfig
 from workers.engine.llm_engine import LLMEngine
