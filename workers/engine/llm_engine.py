@@ -101,9 +101,13 @@ class LLMEngine:
         params = params or SamplingParams()
         prompt = list(prompt_token_ids)
         self._validate(request_id, prompt, params)
+        hidden = self.model_config.hidden_size
         for span in mm_spans:
             if span.offset < 0 or span.offset + span.length > len(prompt):
                 raise ValueError(f"mm_spans: span at {span.offset} (+{span.length}) lies outside the prompt of {len(prompt)} tokens")
+            if span.embeds is None or tuple(span.embeds.shape) != (span.length, hidden):
+                shape = None if span.embeds is None else tuple(span.embeds.shape)
+                raise ValueError(f"mm_spans: span at {span.offset} needs embeddings of shape ({span.length}, {hidden}), got {shape}")
         return Sequence(request_id, prompt, params, next(self._arrivals), mm_spans=list(mm_spans))
 
     def prepare_handoff(self, handoff: KVHandoff) -> Sequence:
