@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from workers.engine.tokenizer import DEFAULT_CHAT_TEMPLATE
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "pavana-tiny"
 # Bump the suffix whenever anything below changes the bytes written: caches key on it.
-DEFAULT_MODEL_DIRNAME = "pavana-tiny-llama-v1"
+DEFAULT_MODEL_DIRNAME = "pavana-tiny-llava-v1"
 DEFAULT_SEED = 0
 DEFAULT_SHAPE = dict(
     vocab_size=512,
@@ -41,7 +41,12 @@ DEFAULT_SHAPE = dict(
 )
 PAD, BOS, EOS, IMAGE = "<pad>", "<s>", "</s>", "<image>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, IMAGE)  # ids 0..3
-CHECKPOINT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+# The vision tower of the default LLaVA: 56x56 images in 14x14 patches, so 16 tokens per image.
+DEFAULT_VISION = dict(image_size=56, patch_size=14, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4)
+LLAMA_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+CHECKPOINT_FILES = (*LLAMA_FILES, "preprocessor_config.json")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Written for Pavana; enough text for about a thousand byte-level BPE tokens.
 CORPUS = """\
@@ -237,6 +242,104 @@ def write_tiny_llama(
     return path
 
 
+def _vision_weights(generator: torch.Generator, *, image_size: int, patch_size: int, hidden_size: int, intermediate_size: int, num_layers: int, num_heads: int, text_hidden_size: int, init_std: float) -> dict[str, torch.Tensor]:
+    """CLIP vision tower and LLaVA projector weights, with the names transformers 5 saves
+    (`num_heads` shapes no weight; it is part of the vision spec for the config)."""
+    del num_heads
+    patches = (image_size // patch_size) ** 2
+    shapes: dict[str, tuple[int, ...]] = {
+        "vision_tower.embeddings.class_embedding": (hidden_size,),
+        "vision_tower.embeddings.patch_embedding.weight": (hidden_size, 3, patch_size, patch_size),
+        "vision_tower.embeddings.position_embedding.weight": (patches + 1, hidden_size),
+    }
+    norms = ["vision_tower.pre_layrnorm", "vision_tower.post_layernorm"]
+    for i in range(num_layers):
+        p = f"vision_tower.encoder.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[p + f"self_attn.{proj}.weight"] = (hidden_size, hidden_size)
+            shapes[p + f"self_attn.{proj}.bias"] = (hidden_size,)
+        shapes |= {
+            p + "mlp.fc1.weight": (intermediate_size, hidden_size), p + "mlp.fc1.bias": (intermediate_size,),
+            p + "mlp.fc2.weight": (hidden_size, intermediate_size), p + "mlp.fc2.bias": (hidden_size,),
+        }
+        norms += [p + "layer_norm1", p + "layer_norm2"]
+    shapes |= {
+        "multi_modal_projector.linear_1.weight": (text_hidden_size, hidden_size),
+        "multi_modal_projector.linear_1.bias": (text_hidden_size,),
+        "multi_modal_projector.linear_2.weight": (text_hidden_size, text_hidden_size),
+        "multi_modal_projector.linear_2.bias": (text_hidden_size,),
+    }
+    weights = {name: _seeded_normal(generator, shape, init_std) for name, shape in shapes.items()}
+    for norm in norms:
+        weights[norm + ".weight"] = torch.ones(hidden_size)
+        weights[norm + ".bias"] = torch.zeros(hidden_size)
+    return weights
+
+
+def write_tiny_llava(path: Path, *, seed: int, vision: dict[str, int], init_std: float = 0.02, **text_shape) -> Path:
+    """A random LLaVA checkpoint: CLIP vision tower, projector and the Llama of `write_tiny_llama`.
+
+    Written in the layout transformers 5 saves (`language_model.model.*`, `vision_tower.*`,
+    `multi_modal_projector.*`), with a CLIP `preprocessor_config.json`; the tokenizer's
+    `<image>` token is the image placeholder.
+    """
+    path = Path(path)
+    write_tiny_llama(path, seed=seed, init_std=init_std, **text_shape)
+    text_config = json.loads((path / "config.json").read_text())
+    llama = load_file(str(path / "model.safetensors"))
+    weights = {("language_model." + k if k.startswith("model.") else "language_model.lm_head.weight"): v for k, v in llama.items()}
+    weights |= _vision_weights(
+        torch.Generator().manual_seed(seed + 1), text_hidden_size=text_config["hidden_size"], init_std=init_std, **vision
+    )
+    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    image_token = train_tokenizer(text_config["vocab_size"]).token_to_id(IMAGE)
+    patches = (vision["image_size"] // vision["patch_size"]) ** 2
+    _write_json(path / "config.json", {
+        "architectures": ["LlavaForConditionalGeneration"],
+        "model_type": "llava",
+        "image_token_index": image_token,
+        "image_seq_length": patches,
+        "projector_hidden_act": "gelu",
+        "multimodal_projector_bias": True,
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default",
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "bos_token_id": text_config["bos_token_id"],
+        "eos_token_id": text_config["eos_token_id"],
+        "pad_token_id": text_config["pad_token_id"],
+        "text_config": {k: v for k, v in text_config.items() if k != "architectures"},
+        "vision_config": {
+            "model_type": "clip_vision_model",
+            "image_size": vision["image_size"],
+            "patch_size": vision["patch_size"],
+            "hidden_size": vision["hidden_size"],
+            "intermediate_size": vision["intermediate_size"],
+            "num_hidden_layers": vision["num_layers"],
+            "num_attention_heads": vision["num_heads"],
+            "num_channels": 3,
+            "hidden_act": "quick_gelu",
+            "layer_norm_eps": 1e-5,
+            "projection_dim": text_config["hidden_size"],
+        },
+    })
+    _write_json(path / "preprocessor_config.json", {
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": vision["image_size"]},
+        "resample": 3,
+        "do_center_crop": True,
+        "crop_size": {"height": vision["image_size"], "width": vision["image_size"]},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+        "do_convert_rgb": True,
+    })
+    return path
+
+
 def default_model_dir(cache_dir: Path | None = None) -> Path:
     root = Path(cache_dir) if cache_dir else Path(os.environ.get("PAVANA_CACHE_DIR") or Path.home() / ".cache" / "pavana")
     return root / "models" / DEFAULT_MODEL_DIRNAME
@@ -260,7 +363,7 @@ def ensure_default_model(cache_dir: Path | None = None) -> Path:
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        write_tiny_llama(tmp, seed=DEFAULT_SEED, **DEFAULT_SHAPE)
+        write_tiny_llava(tmp, seed=DEFAULT_SEED, vision=DEFAULT_VISION, **DEFAULT_SHAPE)
         # mkdtemp and safetensors make private files; the cache may be shared between users.
         tmp.chmod(0o755)
         for name in CHECKPOINT_FILES:

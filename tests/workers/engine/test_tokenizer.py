@@ -211,6 +211,9 @@ def test_chat_template_content_parts(tok):
 
 def test_image_parts_need_an_image_token(model_dir, tmp_path):
     path = copy_with(model_dir, tmp_path / "m", image_token=None)
+    config = json.loads((path / "config.json").read_text())
+    config.pop("image_token_index")
+    (path / "config.json").write_text(json.dumps(config))
     tokenizer_json = json.loads((path / "tokenizer.json").read_text())
     tokenizer_json["added_tokens"] = [t for t in tokenizer_json["added_tokens"] if t["content"] != "<image>"]
     (path / "tokenizer.json").write_text(json.dumps(tokenizer_json))
