@@ -1,0 +1,133 @@
+"""Each stage's load, measured on its own signal (ModServe: stages have different bottlenecks
+and are scaled independently). Pure: plain records in, numbers and sentences out.
+
+A load is expressed in replica-equivalents: how many replicas the work would keep fully busy.
+The policy divides it by the target utilisation to size the pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from autoscaler.config import AutoscalerConfig, ClassSLO, PoolConfig
+from cluster.records import ReplicaHeartbeat, RequestRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    replicas: float  # replica-equivalents of work at full utilisation
+    detail: str  # the measurements behind it, for the plan's reason
+
+
+def recent_requests(
+    requests: Iterable[RequestRecord], site: str, stage: str, now_s: float, window_s: float
+) -> list[RequestRecord]:
+    """Requests at `site` that went through `stage` within the window. Rejected requests never
+    reached a pool, so they load none."""
+    since = now_s - window_s
+    return [
+        r for r in requests
+        if r.site == site and stage in r.stages and since < r.timestamp_s <= now_s and r.outcome != "rejected"
+    ]
+
+
+def vision_load(recent: Sequence[RequestRecord], config: AutoscalerConfig) -> Load:
+    """Image arrival rate × encode cost per image (ModServe §vision: images, not requests,
+    because the number of images per request is heavy-tailed)."""
+    rate = sum(r.num_images for r in recent) / config.request_window_s
+    return Load(
+        rate * config.encode_s_per_image,
+        f"{rate:.2f} images/s × {config.encode_s_per_image:.3f} s to encode each",
+    )
+
+
+def prefill_capacity(heartbeats: Sequence[ReplicaHeartbeat], config: AutoscalerConfig) -> tuple[float, str]:
+    """Prefill tokens one replica processes per busy second.
+
+    tokens_per_s is averaged over wall time, so an idle replica reports little; dividing by
+    busy_fraction recovers the rate while busy. With too little busy time to measure, the
+    profiled rate stands in.
+    """
+    busy = sum(h.busy_fraction for h in heartbeats)
+    tokens = sum(h.tokens_per_s for h in heartbeats)
+    if heartbeats and busy / len(heartbeats) >= config.min_busy_for_measurement and tokens > 0:
+        return tokens / busy, "measured"
+    return config.prefill_tokens_per_s, "profiled"
+
+
+def prefill_load(
+    heartbeats: Sequence[ReplicaHeartbeat], recent: Sequence[RequestRecord], pool: PoolConfig, config: AutoscalerConfig
+) -> Load:
+    """Replicas needed to clear the queued prefill tokens within the TTFT SLO while keeping up
+    with arriving prompt tokens: R·μ·T ≥ Q + λ·T, so R ≥ Q/(μ·T) + λ/μ (issue 5)."""
+    capacity, how = prefill_capacity(heartbeats, config)
+    queued = sum(h.queued_prefill_tokens for h in heartbeats)
+    arriving = sum(r.prompt_tokens for r in recent) / config.request_window_s
+    load = queued / (capacity * pool.ttft_slo_s) + arriving / capacity
+    return Load(
+        load,
+        f"{queued} queued prefill tokens within the {pool.ttft_slo_s:g} s TTFT SLO and {arriving:.0f} tokens/s "
+        f"arriving, at {capacity:.0f} tokens/s per replica ({how})",
+    )
+
+
+def decode_load(heartbeats: Sequence[ReplicaHeartbeat], pool: PoolConfig) -> Load:
+    """The tighter of KV occupancy and estimated TBT against the TBT SLO.
+
+    KV blocks bound how many sequences a replica can hold; TBT grows with the batch. A
+    replica running B sequences at μ tokens per busy second gives each a token every B/μ s.
+    No arrival-rate term: decode throughput grows with batch size, so a rate measured at a
+    small batch would overstate the replicas needed (Sarathi-Serve, decode is memory-bound).
+    """
+    kv = sum(h.kv_occupancy for h in heartbeats)
+    tbt_sum, tbt_max = 0.0, 0.0
+    for h in heartbeats:
+        if h.tokens_per_s > 0 and h.busy_fraction > 0:
+            tbt = h.running_requests * h.busy_fraction / h.tokens_per_s
+            tbt_sum, tbt_max = tbt_sum + tbt, max(tbt_max, tbt)
+    tbt_load = tbt_sum / pool.tbt_slo_s
+    occupancy = kv / len(heartbeats) if heartbeats else 0.0
+    detail = (
+        f"KV occupancy {occupancy:.0%}, estimated TBT up to {tbt_max * 1e3:.0f} ms against the "
+        f"{pool.tbt_slo_s * 1e3:.0f} ms TBT SLO"
+    )
+    return Load(max(kv, tbt_load), detail)
+
+
+def colocated_load(
+    heartbeats: Sequence[ReplicaHeartbeat], recent: Sequence[RequestRecord], pool: PoolConfig, config: AutoscalerConfig
+) -> Load:
+    """A colocated replica does both, so it needs the larger of the two (Sarathi-Serve)."""
+    prefill = prefill_load(heartbeats, recent, pool, config)
+    decode = decode_load(heartbeats, pool)
+    bound = "prefill" if prefill.replicas >= decode.replicas else "decode"
+    return Load(
+        max(prefill.replicas, decode.replicas),
+        f"{bound}-bound: prefill needs {prefill.replicas:.2f} ({prefill.detail}); "
+        f"decode needs {decode.replicas:.2f} ({decode.detail})",
+    )
+
+
+def slo_misses(
+    recent: Sequence[RequestRecord], stage: str, pool: PoolConfig, config: AutoscalerConfig
+) -> tuple[int, int]:
+    """(misses, judged) among finished requests: vision and prefill answer for TTFT, decode for
+    P99 TBT (the Sarathi-Serve SLO), colocated for both. A class without its own SLO is held
+    to the pool's."""
+    misses = judged = 0
+    for r in recent:
+        if r.outcome != "ok":
+            continue
+        slo = config.class_slos.get(r.qos_class, ClassSLO(pool.ttft_slo_s, pool.tbt_slo_s))
+        ttft_miss = r.ttft_s is not None and r.ttft_s > slo.ttft_s
+        tbt_miss = r.tbt_p99_s is not None and r.tbt_p99_s > slo.tbt_s
+        if stage in ("vision", "prefill"):
+            missed, measured = ttft_miss, r.ttft_s is not None
+        elif stage == "decode":
+            missed, measured = tbt_miss, r.tbt_p99_s is not None
+        else:
+            missed, measured = ttft_miss or tbt_miss, r.ttft_s is not None or r.tbt_p99_s is not None
+        judged += measured
+        misses += missed
+    return misses, judged
