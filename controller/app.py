@@ -65,6 +65,15 @@ def engine_settings(spec: ClusterSpec) -> dict[str, Any]:
     return settings
 
 
+def telemetry_settings(spec: ClusterSpec, site: SiteSpec) -> dict[str, Any]:
+    """Where a replica publishes its heartbeat (`workers.heartbeat.TelemetrySettings`)."""
+    return {
+        "redis_url": spec.redis_url,
+        "prefix": spec.telemetry_prefix,
+        "replica_power_w": site.power_modes[0].power_w,
+    }
+
+
 def _pool_deployment(stage: str, pool: PoolSpec, site: SiteSpec, spec: ClusterSpec, *, use_site_resources: bool):
     actor_options: dict[str, Any] = {"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus}
     if use_site_resources:
@@ -83,8 +92,8 @@ def _pool_deployment(stage: str, pool: PoolSpec, site: SiteSpec, spec: ClusterSp
     deployment = serve.deployment(_REPLICA_CLASSES[stage]).options(**options)
     model_path = spec.model.path
     if stage == "vision":
-        return deployment.bind(model_path, stage, site.name)
-    return deployment.bind(model_path, engine_settings(spec), stage, site.name)
+        return deployment.bind(model_path, stage, site.name, telemetry_settings(spec, site))
+    return deployment.bind(model_path, engine_settings(spec), stage, site.name, telemetry_settings(spec, site))
 
 
 def build_app(spec: ClusterSpec, *, use_site_resources: bool = True) -> serve.Application:

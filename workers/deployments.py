@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,12 +23,31 @@ from workers.engine.config import EngineConfig
 from workers.engine.llm_engine import LLMEngine
 from workers.engine.outputs import KVHandoff, RequestOutput
 from workers.engine.sequence import MultimodalSpan
+from workers.heartbeat import Heartbeat, TelemetrySettings
 from workers.requests import GenerateRequest, ImageInput, PrefillResult, TokenChunk
 
 log = logging.getLogger(__name__)
 
 # How many prefix hashes a replica advertises for prefix-affinity routing.
 MAX_ADVERTISED_PREFIX_HASHES = 4096
+
+
+def _replica_id() -> str:
+    from ray import serve
+
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside a Serve replica (tests calling the class directly)
+        return "local"
+
+
+def _start_heartbeat(telemetry: dict[str, Any] | None, pool: str, stage: str, site: str, stats) -> Heartbeat | None:
+    """Publish this replica's load to Redis every second (`None`: telemetry is off)."""
+    if not telemetry:
+        return None
+    heartbeat = Heartbeat(TelemetrySettings(**telemetry), pool=pool, stage=stage, site=site, replica_id=_replica_id(), stats=stats)
+    heartbeat.start()
+    return heartbeat
 
 
 def _chunk(out: RequestOutput, stage: str) -> TokenChunk:
@@ -49,12 +69,15 @@ class EngineReplica:
     mode = "colocated"
     stage = "colocated"
 
-    def __init__(self, model_path: str | None, engine_config: dict[str, Any], pool: str, site: str) -> None:
+    async def __init__(
+        self, model_path: str | None, engine_config: dict[str, Any], pool: str, site: str, telemetry: dict[str, Any] | None = None
+    ) -> None:
         config = EngineConfig(**{**engine_config, "mode": self.mode})
         self.engine = LLMEngine(model_path, config)
         self.async_engine = AsyncEngine(self.engine)
         self.pool = pool
         self.site = site
+        self.heartbeat = _start_heartbeat(telemetry, pool, self.stage, site, self.record_routing_stats)
         log.info("%s replica up at site %s: %s", self.stage, site, self.engine.model_path)
 
     def record_routing_stats(self) -> dict[str, Any]:
@@ -142,7 +165,9 @@ class VisionReplica:
 
     stage = "vision"
 
-    def __init__(self, model_path: str | None, pool: str, site: str, cache_size: int = 256) -> None:
+    async def __init__(
+        self, model_path: str | None, pool: str, site: str, telemetry: dict[str, Any] | None = None, cache_size: int = 256
+    ) -> None:
         from workers.vision.encoder import VisionEncoder
 
         if model_path is None:
@@ -153,13 +178,25 @@ class VisionReplica:
         self.pool = pool
         self.site = site
         self._lock = asyncio.Lock()
+        self._busy: list[tuple[float, float, int]] = []  # (end, seconds, images) over the last 10 s
+        self.heartbeat = _start_heartbeat(telemetry, pool, self.stage, site, self.record_routing_stats)
 
     async def encode(self, images: list[bytes]) -> list[Any]:
         """One ObjectRef of embeddings per image, in order; a bad image raises `ValueError`
         naming it. (Refs nested in a returned list reach the caller unresolved.)"""
         async with self._lock:  # one forward pass at a time; requests queue here
+            started = time.monotonic()
             embeds = await asyncio.get_running_loop().run_in_executor(None, self.encoder.encode, images)
+            ended = time.monotonic()
+        self._busy.append((ended, ended - started, len(images)))
         return [ray.put(e) for e in embeds]
 
     def record_routing_stats(self) -> dict[str, Any]:
-        return {"pool": self.pool, "site": self.site}
+        now = time.monotonic()
+        self._busy = [b for b in self._busy if now - b[0] <= 10.0]
+        return {
+            "pool": self.pool,
+            "site": self.site,
+            "busy_fraction": min(1.0, sum(b[1] for b in self._busy) / 10.0),
+            "tokens_per_s": sum(b[2] for b in self._busy) * self.encoder.num_image_tokens / 10.0,
+        }
