@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv up test test-fast bench redis chromium proto clean
+.PHONY: venv up test test-fast bench redis proto clean
 
 venv: $(STAMP)
 
@@ -13,17 +13,18 @@ venv: $(STAMP)
 # would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Telemetry needs a Redis server; use the local one, or start a private one.
+# Telemetry needs a Redis server on 127.0.0.1:6379: use the running one, or start a private
+# one without persistence (installing Debian's package first when it is missing).
 redis:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || { \
 	  command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server redis-tools); \
 	  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no; \
-	  sleep 0.5; }
+	  for i in 1 2 3 4 5 6 7 8 9 10; do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && exit 0; sleep 0.5; done; \
+	  echo "redis-server did not answer on 127.0.0.1:6379" >&2; exit 1; }
 
 up: venv
 	$(VENV)/bin/pavana up

@@ -51,6 +51,8 @@ class SLO(_Model):
 
 
 class QoSClass(_Model):
+    """A class of traffic with its own targets (Niyama): lower classes are relegated first."""
+
     name: str = Field(min_length=1)
     priority: int = Field(0, ge=0, description="lower is more important")
     slo: SLO = SLO()
@@ -64,11 +66,20 @@ class PowerMode(_Model):
 
 
 class ConstantPower(_Model):
+    """A site on the grid: power never limits it (the default is far above any replica count)."""
+
     kind: Literal["constant"] = "constant"
     power_w: float = Field(1e9, ge=0)
 
 
 class TracePower(_Model):
+    """Replay a recorded power series (e.g. a wind farm's output) so experiments are repeatable.
+
+    Traces are often normalised to a farm's capacity (0..1); `scale_w` turns them into watts.
+    `start` is a row offset when an int and a value of the trace's first column when a string
+    (quote it in YAML: `start: "2010010100"`), so the two cannot be confused.
+    """
+
     kind: Literal["trace"]
     path: str
     column: str
@@ -78,13 +89,18 @@ class TracePower(_Model):
 
 
 class RedisPower(_Model):
+    """Live values that a site's power meter writes to the telemetry store."""
+
     kind: Literal["redis"]
 
 
+# Discriminated on `kind` so an error names the one source meant, not all three.
 PowerSource = Annotated[ConstantPower | TracePower | RedisPower, Field(discriminator="kind")]
 
 
 class SiteSpec(_Model):
+    """A place with its own power supply (Heron's modular data centre beside a wind farm)."""
+
     name: str
     power: PowerSource = ConstantPower()
     power_modes: list[PowerMode] = Field(default_factory=lambda: [PowerMode(name="full", power_w=300.0)])
@@ -100,6 +116,8 @@ class SiteSpec(_Model):
 
 
 class PoolSpec(_Model):
+    """One stage's replicas at each site; the autoscaler moves between min and max."""
+
     stage: Stage
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(4, ge=0)
@@ -132,6 +150,8 @@ def _default_classes() -> list[QoSClass]:
 
 
 class ClusterSpec(_Model):
+    """Everything `pavana up` deploys; the controller reconciles the cluster towards it."""
+
     model: ModelSpec = ModelSpec()
     engine: EngineSpec = EngineSpec()
     topology: Literal["disaggregated", "colocated"] = "disaggregated"
@@ -145,6 +165,17 @@ class ClusterSpec(_Model):
     telemetry_prefix: str = Field("pavana", min_length=1)
     api_keys: list[str] = Field(default_factory=list)
     allow_remote_image_urls: bool = False
+
+    @field_validator("pools", mode="before")
+    @classmethod
+    def _stage_from_key(cls, pools: object) -> object:
+        """Let a YAML pool omit `stage:`; its key already says it (`pools: {decode: {...}}`)."""
+        if isinstance(pools, dict):
+            return {
+                key: {"stage": key, **pool} if isinstance(pool, dict) and "stage" not in pool else pool
+                for key, pool in pools.items()
+            }
+        return pools
 
     @model_validator(mode="after")
     def _consistent(self) -> ClusterSpec:
@@ -231,8 +262,19 @@ class ClusterSpec(_Model):
 
 
 def _readable(exc: ValidationError) -> str:
+    """One line per bad field: its dotted path, why, and the value given (when there was one)."""
     lines = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "spec"
-        lines.append(f"{where}: {err['msg']}")
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "value_error":
+            # Our own validators already say what was expected; drop pydantic's "Value error, ".
+            why = str(err["ctx"]["error"])
+        elif err["type"] == "extra_forbidden":
+            why = "unknown field (check its spelling and where it sits)"
+        else:
+            why = err["msg"]
+            if err["type"] != "missing":
+                given = repr(err["input"])
+                why += f" (got {given if len(given) <= 60 else given[:57] + '...'})"
+        lines.append(f"{where}: {why}" if where else why)
     return "invalid cluster spec:\n  " + "\n  ".join(lines)

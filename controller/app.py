@@ -65,6 +65,22 @@ def engine_settings(spec: ClusterSpec) -> dict[str, Any]:
     return settings
 
 
+def autoscaling_config(stage: str, pool: PoolSpec, site: SiteSpec, spec: ClusterSpec) -> dict[str, Any]:
+    """Ray Serve sizes the deployment by calling `FollowPlan`, which returns what the reconcile
+    loop's plan says for this pool@site (and holds the size when there is no fresh plan)."""
+    return {
+        "min_replicas": pool.min_replicas,
+        "max_replicas": max(1, pool.max_replicas),
+        "initial_replicas": pool.initial_replicas,
+        "upscale_delay_s": 0,
+        "downscale_delay_s": 0,
+        "policy": {
+            "policy_function": "autoscaler.serve_hook:FollowPlan",
+            "policy_kwargs": {"redis_url": spec.redis_url, "prefix": spec.telemetry_prefix, "pool": stage, "site": site.name},
+        },
+    }
+
+
 def telemetry_settings(spec: ClusterSpec, site: SiteSpec) -> dict[str, Any]:
     """Where a replica publishes its heartbeat (`workers.heartbeat.TelemetrySettings`)."""
     return {
@@ -80,14 +96,16 @@ def _pool_deployment(stage: str, pool: PoolSpec, site: SiteSpec, spec: ClusterSp
         actor_options["resources"] = {site_resource(site.name): SITE_RESOURCE_PER_REPLICA}
     options: dict[str, Any] = dict(
         name=deployment_name(stage, site.name),
-        num_replicas=pool.initial_replicas,
+        autoscaling_config=autoscaling_config(stage, pool, site, spec),
         ray_actor_options=actor_options,
         max_ongoing_requests=1024,
         health_check_period_s=5,
     )
     if stage in _REQUEST_ROUTERS:
         options["request_router_config"] = RequestRouterConfig(
-            request_router_class=_REQUEST_ROUTERS[stage], request_routing_stats_period_s=0.5
+            request_router_class=_REQUEST_ROUTERS[stage],
+            request_router_kwargs={"block_size": spec.engine.block_size},
+            request_routing_stats_period_s=0.5,
         )
     deployment = serve.deployment(_REPLICA_CLASSES[stage]).options(**options)
     model_path = spec.model.path

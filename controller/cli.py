@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cluster.spec import ClusterSpec, SpecError
 
@@ -27,7 +28,9 @@ def load_spec(path: Optional[Path]) -> ClusterSpec:
     try:
         return ClusterSpec.from_yaml(path) if path else ClusterSpec.default()
     except (SpecError, OSError) as exc:
-        console.print(f"[red]{exc}[/red]")
+        # Escaped: error messages hold brackets ("[min_replicas, max_replicas]") that rich would
+        # otherwise take for markup and swallow.
+        console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -36,6 +39,7 @@ def up(
     spec: Optional[Path] = SpecOption,
     address: Optional[str] = typer.Option(None, help="join this Ray cluster instead of starting a local one"),
     insecure: bool = typer.Option(False, "--insecure", help="serve inference without API keys"),
+    redis: Optional[str] = typer.Option(None, "--redis", help="telemetry Redis URL (default: the spec's, else a private redis-server)"),
 ) -> None:
     """Start Ray (local unless --address), deploy the spec's pools and router, serve until Ctrl-C."""
     from controller.up import up as run_up
@@ -53,7 +57,25 @@ def up(
             console.print("  [yellow]API keys are off (--insecure)[/yellow]")
         console.print("Stop with Ctrl-C or `pavana down`.")
 
+    if redis:
+        cluster_spec = cluster_spec.model_copy(update={"redis_url": redis})
     run_up(cluster_spec, address=address, insecure=insecure, on_ready=ready)
+
+
+@app.command()
+def status(
+    spec: Optional[Path] = SpecOption,
+    redis: Optional[str] = typer.Option(None, "--redis", help="telemetry Redis URL (default: the running `pavana up`'s, else the spec's)"),
+) -> None:
+    """Pools × sites with running and desired replicas, SLO attainment, the last decisions."""
+    from controller.status import status as show_status
+    from controller.up import recorded_redis_url
+
+    cluster_spec = load_spec(spec)
+    url = redis or recorded_redis_url()
+    if url:
+        cluster_spec = cluster_spec.model_copy(update={"redis_url": url})
+    show_status(cluster_spec, console)
 
 
 @app.command()
@@ -68,7 +90,7 @@ def down() -> None:
 def spec_validate(path: Path) -> None:
     """Exit 0 when the spec is valid; otherwise print every bad field and exit 1."""
     load_spec(path)
-    console.print(f"[green]OK[/green] {path}")
+    console.print(f"[green]OK[/green] {escape(str(path))}")
 
 
 @spec_app.command("show")

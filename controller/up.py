@@ -10,7 +10,10 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
+import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ class Endpoints:
     http_url: str
     grpc_address: str
     api_key: str | None
+    redis_url: str
 
 
 def with_api_key(spec: ClusterSpec, *, insecure: bool) -> tuple[ClusterSpec, str | None]:
@@ -47,6 +51,50 @@ def with_api_key(spec: ClusterSpec, *, insecure: bool) -> tuple[ClusterSpec, str
         generated = "pk-" + secrets.token_urlsafe(24)
         keys = [generated]
     return spec.model_copy(update={"api_keys": keys}), generated or keys[0]
+
+
+def redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def start_private_redis() -> tuple[str, subprocess.Popen]:
+    """A redis-server of our own on a free loopback port, keeping nothing on disk."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(
+            "no Redis answers and redis-server is not installed: `make up` installs Debian's "
+            "redis-server package, or pass --redis URL to use an existing server"
+        )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}"
+    for _ in range(50):
+        if redis_answers(url):
+            return url, proc
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"the private redis-server on port {port} did not start")
+
+
+def ensure_redis(spec: ClusterSpec) -> tuple[ClusterSpec, subprocess.Popen | None]:
+    """Use the spec's Redis when it answers; otherwise start a private one and say so.
+    Pavana never runs silently without telemetry."""
+    if redis_answers(spec.redis_url):
+        return spec, None
+    url, proc = start_private_redis()
+    log.warning("no Redis answered at %s: started a private redis-server at %s", spec.redis_url, url)
+    return spec.model_copy(update={"redis_url": url}), proc
 
 
 def start_ray(spec: ClusterSpec, address: str | None) -> None:
@@ -70,32 +118,45 @@ def up(spec: ClusterSpec, *, address: str | None = None, insecure: bool = False,
     import ray
     from ray import serve
 
+    from controller.reconcile import start_reconciler, stop_reconciler
     from controller.serving import start_serving
 
     spec, api_key = with_api_key(spec, insecure=insecure)
+    spec, redis_proc = ensure_redis(spec)
     start_ray(spec, address)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
         start_serving(spec)
+        start_reconciler(spec)
         endpoints = Endpoints(
             http_url=f"http://127.0.0.1:{spec.http_port}/v1",
             grpc_address=f"127.0.0.1:{spec.grpc_port}",
             api_key=api_key,
+            redis_url=spec.redis_url,
         )
         state_dir().mkdir(parents=True, exist_ok=True)
-        state_file().write_text(json.dumps({"pid": os.getpid(), "http_url": endpoints.http_url, "grpc_address": endpoints.grpc_address}))
+        state_file().write_text(json.dumps({"pid": os.getpid(), "http_url": endpoints.http_url, "grpc_address": endpoints.grpc_address, "redis_url": spec.redis_url}))
         if on_ready is not None:
             on_ready(endpoints)
         stop.wait()
     finally:
         state_file().unlink(missing_ok=True)
+        stop_reconciler()
         if address:
             serve.delete("pavana")
         else:
             serve.shutdown()
             ray.shutdown()
+        if redis_proc is not None:
+            redis_proc.terminate()
+
+
+def recorded_redis_url() -> str | None:
+    """The Redis of the running `pavana up` (it may have started a private one)."""
+    path = state_file()
+    return json.loads(path.read_text()).get("redis_url") if path.exists() else None
 
 
 def down(timeout_s: float = 60.0) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,3 +23,39 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory) -> Path:
     return build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class ServeInstance:
+    http_port: int
+    grpc_port: int
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray cluster with Ray Serve's proxies, shared by every test that needs
+    Ray (starting one costs seconds). Each test module deploys its own applications and
+    deletes them when done. The single node carries the resource of the `local` site."""
+    import ray
+    from ray import serve
+    from ray.serve.config import HTTPOptions, gRPCOptions
+
+    from controller.serving import GRPC_SERVICER_FUNCTIONS
+
+    instance = ServeInstance(free_port(), free_port())
+    ray.init(num_cpus=8, resources={"site.local": 100}, include_dashboard=False, log_to_driver=False)
+    serve.start(
+        http_options=HTTPOptions(host="127.0.0.1", port=instance.http_port),
+        grpc_options=gRPCOptions(port=instance.grpc_port, grpc_servicer_functions=list(GRPC_SERVICER_FUNCTIONS)),
+    )
+    try:
+        yield instance
+    finally:
+        serve.shutdown()
+        ray.shutdown()

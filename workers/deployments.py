@@ -155,6 +155,7 @@ class DecodeReplica(EngineReplica):
             kv=kv,
             params=request.params,
             mm_hashes=prefilled.mm_hashes,
+            num_text_chars_emitted=len(prefilled.first.text),
         )
         async for out in self.async_engine.generate_from_handoff(handoff):
             yield _chunk(out, self.stage)

@@ -29,6 +29,33 @@ def test_trace_paths_resolve_against_the_spec_file():
     assert Path(power.path).is_absolute() and Path(power.path).name == "gefcom2012_wind_5farms_hourly.csv"
 
 
+def test_shipped_traces_exist_and_have_the_named_columns():
+    spec = ClusterSpec.from_yaml(SPECS / "two-sites.yaml")
+    for site in spec.sites:
+        assert isinstance(site.power, TracePower)
+        trace = Path(site.power.path)
+        if not trace.parent.is_dir():
+            pytest.skip(f"shared data not beside the repository: {trace.parent}")
+        header = trace.read_text().splitlines()[0].split(",")
+        assert site.power.column in header, (site.name, header)
+
+
+def test_pool_stage_defaults_to_its_key():
+    spec = ClusterSpec.from_yaml_text("pools: {prefill: {max_replicas: 8}, decode: {}}")
+    assert spec.pools["prefill"].stage == "prefill" and spec.pools["prefill"].max_replicas == 8
+    assert spec.pools["decode"].stage == "decode"
+
+
+def test_lookups_name_what_exists():
+    spec = ClusterSpec.default()
+    assert spec.site("local").max_replicas == 16
+    assert spec.qos_class("batch").slo.ttft_s == 30.0
+    with pytest.raises(KeyError, match="local"):
+        spec.site("elsewhere")
+    with pytest.raises(KeyError, match="interactive"):
+        spec.qos_class("premium")
+
+
 @pytest.mark.parametrize(
     "text, field",
     [
@@ -48,6 +75,21 @@ def test_trace_paths_resolve_against_the_spec_file():
 def test_bad_specs_name_the_field(text, field):
     with pytest.raises(SpecError, match=field.replace(".", r"\.")):
         ClusterSpec.from_yaml_text(text)
+
+
+def test_errors_list_every_bad_field_with_the_value_given():
+    with pytest.raises(SpecError) as info:
+        ClusterSpec.from_yaml_text("engine: {chunk_size: -3, block_size: 0}\nhttp_port: 70000\n")
+    message = str(info.value)
+    assert "engine.chunk_size" in message and "got -3" in message
+    assert "engine.block_size" in message and "http_port" in message
+    assert "Value error" not in message
+
+
+def test_model_level_errors_read_without_pydantic_prefixes():
+    with pytest.raises(SpecError) as info:
+        ClusterSpec.from_yaml_text("pools: {prefill: {max_replicas: 2, initial_replicas: 5}, decode: {}}")
+    assert "pools.prefill: initial_replicas (5) must lie in [min_replicas, max_replicas] = [1, 2]" in str(info.value)
 
 
 def test_not_a_mapping_is_rejected():

@@ -1,0 +1,514 @@
+"""The router's front door: one Ray Serve deployment serving the OpenAI HTTP API and Pavana's
+gRPC API, in front of the stage pools.
+
+HTTP routes are FastAPI under `@serve.ingress`; the gRPC methods are plain methods of the same
+class, which Ray Serve's gRPC proxy calls by name (`/pavana.v1.Pavana/Generate` calls
+`Generate`) with the request proto and a `grpc_context`; streaming methods are async
+generators. The standard health service (`grpc.health.v1.Health`) is registered on the proxy
+the same way (`controller/serving.py`), so `Check`, `Watch` and `List` are methods here too.
+
+Every request goes validate ▸ authenticate ▸ prepare (`router/prompt.py`) ▸ pick a site ▸
+orchestrate the stages (`router/orchestrator.py`). Errors become OpenAI's error body over HTTP
+and a gRPC status code over gRPC, from the one mapping in `router/errors.py`.
+"""
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from grpc_health.v1 import health_pb2
+from pydantic import BaseModel, ValidationError
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cluster.spec import ClusterSpec
+from cluster.telemetry import TelemetryPublisher, TelemetryStore
+from router.auth import APIKeys
+from router.errors import (
+    INVALID_REQUEST,
+    NOT_FOUND,
+    APIError,
+    ErrorResponse,
+    error_body,
+    from_validation_errors,
+    grpc_code_name,
+    invalid_request,
+    to_error_response,
+)
+from router.orchestrator import Orchestrator, SitePools
+from router.prompt import ModelFacts, PreparedRequest, PromptBuilder, model_facts
+from router.proto import pavana_pb2 as pb
+from router.request_telemetry import measured
+from router.protocol import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatResponseMessage,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionStreamResponse,
+    DeltaMessage,
+    ModelCard,
+    ModelList,
+    UsageInfo,
+)
+from workers.requests import TokenChunk
+
+log = logging.getLogger(__name__)
+
+GRPC_SERVICE = "pavana.v1.Pavana"
+READINESS_TIMEOUT_S = 5.0
+READINESS_CACHE_S = 1.0
+HEALTH_WATCH_PERIOD_S = 5.0
+GRPC_DEFAULT_MAX_TOKENS = 16
+
+app = FastAPI(title="Pavana", description="OpenAI-compatible API of a Pavana cluster", docs_url=None, redoc_url=None)
+
+
+def _json_error(err: ErrorResponse) -> JSONResponse:
+    return JSONResponse(err.body, status_code=err.status, headers=err.headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def _on_request_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI answers 422 with its own body; OpenAI clients expect a 400 with OpenAI's body.
+    return _json_error(to_error_response(from_validation_errors(list(exc.errors()))))
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _on_http_exception(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    kind = NOT_FOUND if exc.status_code == 404 else INVALID_REQUEST
+    return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+def _validated(model: type[BaseModel], data: bytes | dict[str, Any]) -> Any:
+    try:
+        return model.model_validate_json(data) if isinstance(data, bytes) else model.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_errors(list(exc.errors())) from None
+
+
+def _sse(payload: BaseModel | dict[str, Any]) -> str:
+    data = payload.model_dump_json(exclude_none=False) if isinstance(payload, BaseModel) else json.dumps(payload)
+    return f"data: {data}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+class _GRPCFailure(Exception):
+    """Raised by a streaming gRPC method after setting the status on its context: the proxy
+    applies a context's status only with a message or an exception, and an error has no
+    message to send."""
+
+
+class _Collected:
+    """A finished generation, gathered from its token chunks."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.token_ids: list[int] = []
+        self.finish_reason: str | None = None
+
+    def add(self, chunk: TokenChunk) -> None:
+        self.text.append(chunk.text)
+        self.token_ids.extend(chunk.token_ids)
+        if chunk.finished:
+            self.finish_reason = chunk.finish_reason
+
+
+async def _awaitable(response: Any) -> Any:
+    return await response
+
+
+def _grpc_usage(num_prompt_tokens: int, num_output_tokens: int) -> pb.Usage:
+    return pb.Usage(prompt_tokens=num_prompt_tokens, completion_tokens=num_output_tokens, total_tokens=num_prompt_tokens + num_output_tokens)
+
+
+def _set_grpc_error(grpc_context: Any, exc: BaseException) -> None:
+    err = to_error_response(exc)
+    grpc_context.set_code(getattr(grpc.StatusCode, grpc_code_name(err.status)))
+    grpc_context.set_details(err.message)
+    if "Retry-After" in err.headers:
+        grpc_context.set_trailing_metadata([("retry-after", err.headers["Retry-After"])])
+
+
+# -- response shapes ------------------------------------------------------------------------------
+class _CompletionFormat:
+    """`/v1/completions` bodies and chunks for one request."""
+
+    def __init__(self, request_id: str, model: str, num_prompt_tokens: int) -> None:
+        self.request_id = request_id
+        self.model = model
+        self.num_prompt_tokens = num_prompt_tokens
+        self.created = int(time.time())
+
+    def response(self, collected: _Collected) -> CompletionResponse:
+        return CompletionResponse(
+            id=self.request_id,
+            created=self.created,
+            model=self.model,
+            choices=[CompletionChoice(text="".join(collected.text), finish_reason=collected.finish_reason)],
+            usage=UsageInfo.of(self.num_prompt_tokens, len(collected.token_ids)),
+        )
+
+    def start(self) -> list[BaseModel]:
+        return []
+
+    def chunk(self, chunk: TokenChunk) -> list[BaseModel]:
+        finish = chunk.finish_reason if chunk.finished else None
+        if not chunk.text and finish is None:  # a token whose text is held back: nothing to say yet
+            return []
+        choice = CompletionChoice(text=chunk.text, finish_reason=finish)
+        return [CompletionStreamResponse(id=self.request_id, created=self.created, model=self.model, choices=[choice])]
+
+    def usage_chunk(self, num_output_tokens: int) -> BaseModel:
+        return CompletionStreamResponse(
+            id=self.request_id, created=self.created, model=self.model, choices=[],
+            usage=UsageInfo.of(self.num_prompt_tokens, num_output_tokens),
+        )
+
+
+class _ChatFormat(_CompletionFormat):
+    """`/v1/chat/completions` bodies and chunks: the role first, then content deltas."""
+
+    def response(self, collected: _Collected) -> ChatCompletionResponse:  # type: ignore[override]
+        return ChatCompletionResponse(
+            id=self.request_id,
+            created=self.created,
+            model=self.model,
+            choices=[ChatChoice(message=ChatResponseMessage(content="".join(collected.text)), finish_reason=collected.finish_reason)],
+            usage=UsageInfo.of(self.num_prompt_tokens, len(collected.token_ids)),
+        )
+
+    def _chunk(self, delta: DeltaMessage, finish: str | None = None) -> ChatCompletionChunk:
+        choice = ChatChunkChoice(delta=delta, finish_reason=finish)
+        return ChatCompletionChunk(id=self.request_id, created=self.created, model=self.model, choices=[choice])
+
+    def start(self) -> list[BaseModel]:
+        return [self._chunk(DeltaMessage(role="assistant", content=""))]
+
+    def chunk(self, chunk: TokenChunk) -> list[BaseModel]:
+        finish = chunk.finish_reason if chunk.finished else None
+        if not chunk.text and finish is None:
+            return []
+        return [self._chunk(DeltaMessage(content=chunk.text or None), finish)]
+
+    def usage_chunk(self, num_output_tokens: int) -> BaseModel:
+        return ChatCompletionChunk(
+            id=self.request_id, created=self.created, model=self.model, choices=[],
+            usage=UsageInfo.of(self.num_prompt_tokens, num_output_tokens),
+        )
+
+
+# Everything the class uses is defined above it: `@serve.ingress` snapshots the class with
+# cloudpickle when the decorator runs, so a module global defined further down is missing in
+# the replica (a NameError at request time). For the same reason this module does not use
+# `from __future__ import annotations`: FastAPI would resolve `request: Request` from the
+# snapshot's globals, which hold only names the code uses, and take it for a query parameter.
+
+
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, spec: dict[str, Any], pools: dict[str, dict[str, Any]]) -> None:
+        self.spec = ClusterSpec.model_validate(spec)
+        self.tokenizer, self.facts = self._load_model(self.spec)
+        self.prompts = PromptBuilder(
+            self.tokenizer,
+            self.facts,
+            allow_remote_image_urls=self.spec.allow_remote_image_urls,
+            qos_class=self.spec.default_qos_class,
+        )
+        self.keys = APIKeys(self.spec.api_keys)
+        self.pools = pools
+        self.orchestrator = Orchestrator({site: SitePools(**stages) for site, stages in pools.items()})
+        self._site_names = [site.name for site in self.spec.sites]
+        self._readiness: tuple[float, bool, dict[str, str]] | None = None
+        self.telemetry = TelemetryPublisher(TelemetryStore.from_spec(self.spec))
+        log.info("ingress up: model %s, context %d tokens, sites %s", self.facts.name, self.facts.max_model_len, self._site_names)
+
+    @staticmethod
+    def _load_model(spec: ClusterSpec) -> tuple[Any, ModelFacts]:
+        from workers.engine.tokenizer import Tokenizer
+
+        path = spec.model.path
+        if path is None:
+            from workers.engine.default_model import ensure_default_model
+
+            path = ensure_default_model()
+        facts = model_facts(
+            path,
+            name=spec.model.name,
+            block_size=spec.engine.block_size,
+            num_kv_blocks=spec.engine.num_kv_blocks,
+            max_model_len=spec.model.max_model_len,
+        )
+        return Tokenizer.from_dir(path), facts
+
+    def pick_site(self, prepared: PreparedRequest) -> str:
+        """Where a request runs. The spec's first site for now; the power-aware site router
+        (Heron) takes over here."""
+        return self._site_names[0]
+
+    # -- HTTP -----------------------------------------------------------------------------------
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        """Liveness: the ingress answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        """Readiness: every pool of every site answers."""
+        ready, pools = await self._pools_ready()
+        return JSONResponse({"status": "ready" if ready else "not ready", "pools": pools}, status_code=200 if ready else 503)
+
+    @app.get("/v1/models")
+    async def list_models(self, request: Request) -> Response:
+        try:
+            self.keys.check_http(request.headers.get("authorization"))
+        except APIError as exc:
+            return _json_error(to_error_response(exc))
+        return JSONResponse(ModelList(data=[self._model_card()]).model_dump())
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(self, model_id: str, request: Request) -> Response:
+        try:
+            self.keys.check_http(request.headers.get("authorization"))
+            self.prompts.check_model(model_id)
+        except APIError as exc:
+            return _json_error(to_error_response(exc))
+        return JSONResponse(self._model_card().model_dump())
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._serve_http(request, CompletionRequest, "cmpl", self.prompts.completion, _CompletionFormat)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._serve_http(request, ChatCompletionRequest, "chatcmpl", self.prompts.chat, _ChatFormat)
+
+    async def _serve_http(
+        self,
+        request: Request,
+        body_type: type[BaseModel],
+        id_prefix: str,
+        prepare: Callable[[Any, str], PreparedRequest],
+        format_type: type[_CompletionFormat],
+    ) -> Response:
+        stream: AsyncIterator[TokenChunk] | None = None
+        try:
+            self.keys.check_http(request.headers.get("authorization"))
+            body = _validated(body_type, await request.body())
+            prepared = prepare(body, f"{id_prefix}-{uuid.uuid4().hex}")
+            stream = self._generate(prepared)
+            fmt = format_type(prepared.request.request_id, body.model, prepared.request.num_prompt_tokens)
+            if not body.stream:
+                collected = _Collected()
+                async for chunk in stream:
+                    collected.add(chunk)
+                return JSONResponse(fmt.response(collected).model_dump())
+            # The first chunk is awaited before the response starts, so that an error in any
+            # stage up to the first token still gets its own HTTP status.
+            first = await anext(stream)
+        except Exception as exc:
+            if stream is not None:
+                await stream.aclose()
+            return _json_error(to_error_response(exc))
+        include_usage = body.stream_options is None or body.stream_options.include_usage
+        return StreamingResponse(
+            self._sse_stream(fmt, first, stream, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @staticmethod
+    async def _sse_stream(
+        fmt: _CompletionFormat, first: TokenChunk, rest: AsyncIterator[TokenChunk], include_usage: bool
+    ) -> AsyncIterator[str]:
+        """OpenAI's chunks, a final usage chunk, then `[DONE]`; an error after the stream began
+        is sent as an SSE error event, and `[DONE]` still ends the stream."""
+        num_output_tokens = 0
+        try:
+            for event in fmt.start():
+                yield _sse(event)
+            chunk: TokenChunk | None = first
+            while chunk is not None:
+                num_output_tokens += len(chunk.token_ids)
+                for event in fmt.chunk(chunk):
+                    yield _sse(event)
+                chunk = await anext(rest, None)
+            if include_usage:
+                yield _sse(fmt.usage_chunk(num_output_tokens))
+        except Exception as exc:
+            err = to_error_response(exc)
+            log.warning("stream %s failed after it began: %s", fmt.request_id, err.message)
+            yield _sse(err.body)
+        finally:
+            await rest.aclose()
+        yield SSE_DONE
+
+    def _generate(self, prepared: PreparedRequest) -> AsyncIterator[TokenChunk]:
+        site = self.pick_site(prepared)
+        stages = ["vision"] if prepared.images else []
+        stages += ["prefill", "decode"] if self.orchestrator.sites[site].disaggregated else ["colocated"]
+        return measured(
+            self.orchestrator.generate(prepared.request, prepared.images, site),
+            self._publish,
+            request_id=prepared.request.request_id,
+            qos_class=prepared.request.qos_class,
+            site=site,
+            pool_path=">".join(stages),
+            prompt_tokens=prepared.request.num_prompt_tokens,
+            num_images=len(prepared.images),
+        )
+
+    def _publish(self, record: Any) -> None:
+        """Queue a telemetry record; the publisher's task starts with the first request."""
+        self.telemetry.start()
+        self.telemetry.publish(record)
+
+    def _model_card(self) -> ModelCard:
+        return ModelCard(id=self.facts.name, max_model_len=self.facts.max_model_len)
+
+    async def _pools_ready(self) -> tuple[bool, dict[str, str]]:
+        now = time.monotonic()
+        if self._readiness is not None and now - self._readiness[0] < READINESS_CACHE_S:
+            return self._readiness[1], self._readiness[2]
+        names = [(site, stage) for site, stages in self.pools.items() for stage, handle in stages.items() if handle is not None]
+        results = await asyncio.gather(
+            *(self._ask_pool(self.pools[site][stage]) for site, stage in names), return_exceptions=True
+        )
+        pools = {f"{stage}-{site}": ("ok" if r is True else f"error: {r!r}"[:200]) for (site, stage), r in zip(names, results)}
+        ready = all(r is True for r in results)
+        self._readiness = (now, ready, pools)
+        return ready, pools
+
+    @staticmethod
+    async def _ask_pool(handle: Any) -> bool:
+        response = handle.record_routing_stats.remote()
+        try:
+            await asyncio.wait_for(_awaitable(response), READINESS_TIMEOUT_S)
+        except TimeoutError:
+            response.cancel()
+            raise
+        return True
+
+    # -- gRPC: pavana.v1.Pavana ----------------------------------------------------------------
+    async def Generate(self, request: pb.GenerateRequest, grpc_context: Any) -> pb.GenerateResponse:
+        try:
+            self.keys.check_grpc(grpc_context.invocation_metadata())
+            prepared = self._prepare_grpc(request)
+            collected = _Collected()
+            async for chunk in self._generate(prepared):
+                collected.add(chunk)
+        except Exception as exc:
+            _set_grpc_error(grpc_context, exc)
+            return pb.GenerateResponse()
+        return pb.GenerateResponse(
+            id=prepared.request.request_id,
+            text="".join(collected.text),
+            token_ids=collected.token_ids,
+            finish_reason=collected.finish_reason or "",
+            usage=_grpc_usage(prepared.request.num_prompt_tokens, len(collected.token_ids)),
+        )
+
+    async def GenerateStream(self, request: pb.GenerateRequest, grpc_context: Any) -> AsyncIterator[pb.GenerateResponse]:
+        stream: AsyncIterator[TokenChunk] | None = None
+        try:
+            self.keys.check_grpc(grpc_context.invocation_metadata())
+            prepared = self._prepare_grpc(request)
+            num_output_tokens = 0
+            stream = self._generate(prepared)
+            async for chunk in stream:
+                num_output_tokens += len(chunk.token_ids)
+                message = pb.GenerateResponse(id=prepared.request.request_id, text=chunk.text, token_ids=chunk.token_ids)
+                if chunk.finished:
+                    message.finish_reason = chunk.finish_reason or ""
+                    message.usage.CopyFrom(_grpc_usage(prepared.request.num_prompt_tokens, num_output_tokens))
+                yield message
+        except Exception as exc:
+            _set_grpc_error(grpc_context, exc)
+            raise _GRPCFailure(grpc_context.details()) from None
+        finally:
+            if stream is not None:
+                await stream.aclose()
+
+    async def ListModels(self, request: pb.ListModelsRequest, grpc_context: Any) -> pb.ListModelsResponse:
+        try:
+            self.keys.check_grpc(grpc_context.invocation_metadata())
+        except APIError as exc:
+            _set_grpc_error(grpc_context, exc)
+            return pb.ListModelsResponse()
+        model = pb.Model(id=self.facts.name, owned_by="pavana", max_model_len=self.facts.max_model_len, vision=self.facts.vision)
+        return pb.ListModelsResponse(models=[model])
+
+    def _prepare_grpc(self, request: pb.GenerateRequest) -> PreparedRequest:
+        """A gRPC request through the same checks as HTTP: it becomes the equivalent OpenAI body.
+        Unset proto fields take Pavana's defaults: greedy, 16 new tokens."""
+        s = request.sampling
+        fields: dict[str, Any] = {
+            "model": request.model or self.facts.name,
+            "max_tokens": s.max_tokens if s.HasField("max_tokens") else GRPC_DEFAULT_MAX_TOKENS,
+            "temperature": s.temperature if s.HasField("temperature") else 0.0,
+            "top_p": s.top_p if s.HasField("top_p") else None,
+            "top_k": s.top_k if s.HasField("top_k") else None,
+            "seed": s.seed if s.HasField("seed") else None,
+            "stop": list(s.stop) or None,
+            "ignore_eos": s.ignore_eos,
+        }
+        kind = request.WhichOneof("input")
+        if kind == "text":
+            body = _validated(CompletionRequest, {**fields, "prompt": request.text})
+            return self.prompts.completion(body, f"cmpl-{uuid.uuid4().hex}")
+        if kind == "token_ids":
+            body = _validated(CompletionRequest, {**fields, "prompt": list(request.token_ids.ids)})
+            return self.prompts.completion(body, f"cmpl-{uuid.uuid4().hex}")
+        if kind == "chat":
+            messages = [{"role": m.role, "content": m.content} for m in request.chat.messages]
+            body = _validated(ChatCompletionRequest, {**fields, "messages": messages})
+            return self.prompts.chat(body, f"chatcmpl-{uuid.uuid4().hex}")
+        raise invalid_request("input: set one of text, token_ids or chat", param="input")
+
+    # -- gRPC: grpc.health.v1.Health -----------------------------------------------------------
+    # Probes send no API key: health answers without one, and says no more than the status.
+    async def Check(self, request: health_pb2.HealthCheckRequest, grpc_context: Any) -> health_pb2.HealthCheckResponse:
+        if request.service not in ("", GRPC_SERVICE):
+            grpc_context.set_code(grpc.StatusCode.NOT_FOUND)
+            grpc_context.set_details(f"unknown service {request.service!r}; this server serves '{GRPC_SERVICE}'")
+            return health_pb2.HealthCheckResponse()
+        return health_pb2.HealthCheckResponse(status=await self._health_status())
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, grpc_context: Any) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        if request.service not in ("", GRPC_SERVICE):
+            # The health protocol's Watch answers SERVICE_UNKNOWN rather than failing.
+            yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+            return
+        last = None
+        while True:
+            status = await self._health_status()
+            if status != last:
+                yield health_pb2.HealthCheckResponse(status=status)
+                last = status
+            await asyncio.sleep(HEALTH_WATCH_PERIOD_S)
+
+    async def List(self, request: health_pb2.HealthListRequest, grpc_context: Any) -> health_pb2.HealthListResponse:
+        status = await self._health_status()
+        response = health_pb2.HealthListResponse()
+        for name in ("", GRPC_SERVICE):
+            response.statuses[name].status = status
+        return response
+
+    async def _health_status(self) -> int:
+        ready, _ = await self._pools_ready()
+        return health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -1,0 +1,347 @@
+"""From an OpenAI request to what the pools run: a `GenerateRequest` and the images' bytes.
+
+Everything a client can get wrong is found here, before any pool sees the request, and
+refused with a 400 that names the field (`param`): prompt forms, sampling ranges, the context
+length, image URLs. The checks follow OpenAI's API where it has one and vLLM's where OpenAI is
+silent (`top_k`, `ignore_eos`).
+
+No Ray here: the ingress calls this, and so do unit tests, with a tokenizer and `ModelFacts`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from router.errors import APIError, invalid_request, model_not_found
+from router.protocol import ChatCompletionRequest, CompletionRequest, ImagePart, TextPart
+from workers.engine.block_manager import prefix_block_hashes
+from workers.engine.sampling import SamplingParams
+from workers.requests import GenerateRequest, ImageInput
+
+MAX_STOP_STRINGS = 4  # OpenAI's limit
+MAX_TEMPERATURE = 2.0  # OpenAI's range is [0, 2]
+_REMOTE_SCHEMES = ("http://", "https://")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFacts:
+    """What the router must know about the served model to check and shape a request."""
+
+    name: str
+    max_model_len: int
+    vocab_size: int
+    block_size: int
+    image_token_id: int | None = None
+    # Placeholder tokens one image expands to; None when the checkpoint has no vision tower.
+    tokens_per_image: int | None = None
+
+    @property
+    def vision(self) -> bool:
+        return self.tokens_per_image is not None and self.image_token_id is not None
+
+
+def model_facts(
+    model_path: str | Path,
+    *,
+    name: str,
+    block_size: int,
+    num_kv_blocks: int,
+    max_model_len: int | None = None,
+) -> ModelFacts:
+    """Read the checkpoint's `config.json` and compute the context the engines will enforce:
+    the same rule as `LLMEngine` (the spec's limit, the model's positions, the KV capacity).
+    Image placement comes from the vision loader's own reading of the config, so the router
+    expands an image into exactly as many tokens as the vision pool returns embeddings."""
+    from workers.vision.encoder import LlavaVisionFacts, has_vision_tower
+
+    raw = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+    text = raw.get("text_config") or raw
+    capacity = num_kv_blocks * block_size
+    context = min(max_model_len or capacity, int(text.get("max_position_embeddings", 2048)), capacity)
+    vision = LlavaVisionFacts.from_dir(model_path) if has_vision_tower(model_path) else None
+    return ModelFacts(
+        name=name,
+        max_model_len=context,
+        vocab_size=int(text["vocab_size"]),
+        block_size=block_size,
+        image_token_id=vision.image_token_id if vision else None,
+        tokens_per_image=vision.num_image_tokens if vision else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    request: GenerateRequest
+    images: list[bytes]
+
+
+class PromptBuilder:
+    """Turns validated request bodies into `PreparedRequest`s for one served model."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        facts: ModelFacts,
+        *,
+        allow_remote_image_urls: bool = False,
+        qos_class: str = "interactive",
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.facts = facts
+        self.allow_remote_image_urls = allow_remote_image_urls
+        self.qos_class = qos_class
+
+    # -- entry points ---------------------------------------------------------------------------
+    def check_model(self, model: str) -> None:
+        if model != self.facts.name:
+            raise model_not_found(model)
+
+    def completion(self, body: CompletionRequest, request_id: str) -> PreparedRequest:
+        self.check_model(body.model)
+        _refuse_unsupported_completion_fields(body)
+        token_ids = self._completion_prompt(body.prompt)
+        self._check_prompt_fits(token_ids, "prompt")
+        max_tokens = self._max_tokens(body.max_tokens, "max_tokens", len(token_ids))
+        return self._prepared(request_id, token_ids, body, max_tokens, images=[], spans=())
+
+    def chat(self, body: ChatCompletionRequest, request_id: str) -> PreparedRequest:
+        self.check_model(body.model)
+        _refuse_unsupported_chat_fields(body)
+        messages, image_urls = _chat_messages(body)
+        images = [self.decode_image(url, param) for url, param in image_urls]
+        if images and not self.facts.vision:
+            raise invalid_request(
+                f"messages: the model '{self.facts.name}' has no vision tower, so it cannot take images; send text only",
+                param=image_urls[0][1],
+                code="images_not_supported",
+            )
+        token_ids = list(self.tokenizer.encode_chat(messages, add_generation_prompt=True))
+        token_ids, spans = self._expand_images(token_ids, images)
+        self._check_prompt_fits(token_ids, "messages")
+        if body.max_completion_tokens is not None:
+            max_tokens = self._max_tokens(body.max_completion_tokens, "max_completion_tokens", len(token_ids))
+        else:
+            max_tokens = self._max_tokens(body.max_tokens, "max_tokens", len(token_ids))
+        return self._prepared(request_id, token_ids, body, max_tokens, images=images, spans=spans)
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def _completion_prompt(self, prompt: str | list[str] | list[int] | list[list[int]]) -> list[int]:
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+            prompt = prompt[0]  # a batch of one is the prompt itself
+        if isinstance(prompt, str):
+            return list(self.tokenizer.encode(prompt, add_special_tokens=True))
+        if prompt and all(isinstance(t, int) for t in prompt):
+            vocab = self.facts.vocab_size
+            bad = [t for t in prompt if not 0 <= t < vocab]  # type: ignore[operator]
+            if bad:
+                raise invalid_request(f"prompt: token ids must lie in [0, {vocab}); got {bad[0]}", param="prompt")
+            return list(prompt)  # type: ignore[arg-type]
+        if not prompt:
+            raise invalid_request("prompt: must not be empty", param="prompt")
+        raise invalid_request(
+            f"prompt: a batch of {len(prompt)} prompts is not supported; send one prompt per request", param="prompt"
+        )
+
+    def _check_prompt_fits(self, token_ids: Sequence[int], param: str) -> None:
+        if not token_ids:
+            raise invalid_request(f"{param}: the prompt has no tokens", param=param)
+        limit = self.facts.max_model_len
+        if len(token_ids) >= limit:
+            raise invalid_request(
+                f"{param}: this model's maximum context length is {limit} tokens, and the prompt has "
+                f"{len(token_ids)} tokens, which leaves none to generate; shorten the prompt",
+                param=param,
+                code="context_length_exceeded",
+            )
+
+    def _max_tokens(self, value: int | None, param: str, num_prompt_tokens: int) -> int:
+        room = self.facts.max_model_len - num_prompt_tokens
+        if value is None:  # OpenAI: as many as the context allows
+            return room
+        if value < 1:
+            raise invalid_request(f"{param}: must be at least 1, got {value}", param=param)
+        if value > room:
+            raise invalid_request(
+                f"{param}: this model's maximum context length is {self.facts.max_model_len} tokens; the prompt has "
+                f"{num_prompt_tokens} tokens, so at most {room} can be generated, but {value} were requested",
+                param=param,
+                code="context_length_exceeded",
+            )
+        return value
+
+    def decode_image(self, url: str, param: str) -> bytes:
+        """The bytes of an image part's URL: `data:` URLs only; remote URLs are refused."""
+        if url.startswith(_REMOTE_SCHEMES):
+            if not self.allow_remote_image_urls:
+                raise invalid_request(
+                    f"{param}: remote image URLs are disabled on this server; send the image inline as a data: URL",
+                    param=param,
+                    code="remote_image_urls_disabled",
+                )
+            raise invalid_request(
+                f"{param}: fetching remote image URLs is not supported yet; send the image inline as a data: URL",
+                param=param,
+                code="remote_image_urls_unsupported",
+            )
+        from workers.vision.preprocess import ImageError, decode_data_url
+
+        try:
+            data = decode_data_url(url)
+            _check_image_header(data)
+        except ImageError as exc:
+            reason = str(exc).removeprefix("image_url: ")
+            raise invalid_request(f"{param}: {reason}", param=param, code="invalid_image") from None
+        return data
+
+    def _expand_images(self, token_ids: list[int], images: list[bytes]) -> tuple[list[int], tuple[ImageInput, ...]]:
+        """Each image placeholder token becomes `tokens_per_image` of them; an `ImageInput`
+        records where, and a hash of the image's bytes keys the prefix caches."""
+        if not images:
+            return token_ids, ()
+        image_token = self.facts.image_token_id
+        length = self.facts.tokens_per_image
+        assert image_token is not None and length is not None
+        positions = [i for i, t in enumerate(token_ids) if t == image_token]
+        if len(positions) != len(images):
+            raise invalid_request(
+                f"messages: the rendered prompt has {len(positions)} image placeholders for {len(images)} images; "
+                "does a text part contain the image token?",
+                param="messages",
+            )
+        expanded: list[int] = []
+        spans: list[ImageInput] = []
+        start = 0
+        for position, image in zip(positions, images):
+            expanded.extend(token_ids[start:position])
+            spans.append(ImageInput(offset=len(expanded), length=length, content_hash=hashlib.sha256(image).hexdigest()))
+            expanded.extend([image_token] * length)
+            start = position + 1
+        expanded.extend(token_ids[start:])
+        return expanded, tuple(spans)
+
+    def _prepared(self, request_id: str, token_ids: list[int], body: Any, max_tokens: int, *, images: list[bytes], spans: tuple[ImageInput, ...]) -> PreparedRequest:
+        params = sampling_params(body, max_tokens)
+        # Prefix hashes for replica affinity cover the text before the first image: blocks
+        # holding image tokens are keyed by the image too, which this text-only hash cannot say.
+        text_prefix = token_ids[: spans[0].offset] if spans else token_ids
+        request = GenerateRequest(
+            request_id=request_id,
+            prompt_token_ids=token_ids,
+            params=params,
+            images=spans,
+            qos_class=self.qos_class,
+            prefix_hashes=tuple(prefix_block_hashes(text_prefix, self.facts.block_size)),
+        )
+        return PreparedRequest(request, images)
+
+
+def sampling_params(body: CompletionRequest | ChatCompletionRequest, max_tokens: int) -> SamplingParams:
+    """OpenAI's sampling fields as engine `SamplingParams`; ranges checked with the field named."""
+    if body.n not in (None, 1):
+        raise invalid_request(f"n: only n=1 is supported, got {body.n}", param="n")
+    temperature = 1.0 if body.temperature is None else body.temperature
+    if not 0.0 <= temperature <= MAX_TEMPERATURE:
+        raise invalid_request(f"temperature: must be in [0, {MAX_TEMPERATURE:g}], got {temperature}", param="temperature")
+    top_p = 1.0 if body.top_p is None else body.top_p
+    if not 0.0 < top_p <= 1.0:
+        raise invalid_request(f"top_p: must be in (0, 1], got {top_p}", param="top_p")
+    top_k = 0 if body.top_k in (None, -1) else body.top_k
+    if top_k < 0:  # type: ignore[operator]
+        raise invalid_request(f"top_k: must be -1 or 0 (off) or a positive integer, got {top_k}", param="top_k")
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stop) > MAX_STOP_STRINGS:
+        raise invalid_request(f"stop: at most {MAX_STOP_STRINGS} stop strings, got {len(stop)}", param="stop")
+    if any(not s for s in stop):
+        raise invalid_request("stop: stop strings must not be empty", param="stop")
+    if body.seed is not None and not -(2**63) <= body.seed < 2**64:
+        raise invalid_request(f"seed: must fit in 64 bits, got {body.seed}", param="seed")
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_k=top_k,  # type: ignore[arg-type]
+        top_p=top_p,
+        seed=body.seed,
+        stop=tuple(stop),
+        ignore_eos=body.ignore_eos,
+    )
+
+
+def _check_image_header(data: bytes) -> None:
+    """Refuse what is plainly not a servable image, from its header alone: decoding the pixels
+    here would stall the ingress's event loop, and the vision pool decodes them anyway (a
+    corrupt body past the header fails there, still as a 400)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    from workers.vision.preprocess import MAX_IMAGE_PIXELS, SUPPORTED_FORMATS, ImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            fmt, (width, height) = image.format, image.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"image cannot be decoded: {exc}") from None
+    if fmt not in SUPPORTED_FORMATS:
+        raise ImageError(f"image format {fmt!r} is not supported; use one of {sorted(SUPPORTED_FORMATS)}")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageError(f"image is {width}x{height} pixels; the limit is {MAX_IMAGE_PIXELS} pixels")
+
+
+def _chat_messages(body: ChatCompletionRequest) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Messages as the tokenizer's chat template takes them, and the image URLs in prompt order
+    with the field each came from."""
+    messages: list[dict[str, Any]] = []
+    image_urls: list[tuple[str, str]] = []
+    for i, message in enumerate(body.messages):
+        content: Any = message.content
+        if isinstance(content, list):
+            parts: list[dict[str, Any]] = []
+            for j, part in enumerate(content):
+                if isinstance(part, TextPart):
+                    parts.append({"type": "text", "text": part.text})
+                elif isinstance(part, ImagePart):
+                    url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
+                    image_urls.append((url, f"messages[{i}].content[{j}].image_url"))
+                    parts.append({"type": "image_url"})
+            content = parts
+        entry: dict[str, Any] = {"role": message.role, "content": content}
+        if message.name is not None:
+            entry["name"] = message.name
+        messages.append(entry)
+    return messages, image_urls
+
+
+def _refuse_unsupported_completion_fields(body: CompletionRequest) -> None:
+    if body.echo:
+        raise invalid_request("echo: echoing the prompt is not supported", param="echo")
+    if body.suffix:
+        raise invalid_request("suffix: insertion with a suffix is not supported", param="suffix")
+    if body.best_of not in (None, 1):
+        raise invalid_request(f"best_of: only best_of=1 is supported, got {body.best_of}", param="best_of")
+    _refuse_common(body)
+
+
+def _refuse_unsupported_chat_fields(body: ChatCompletionRequest) -> None:
+    if body.tools:
+        raise invalid_request("tools: tool calling is not supported", param="tools")
+    response_type = body.response_format.get("type") if isinstance(body.response_format, Mapping) else body.response_format
+    if response_type not in (None, "text"):
+        raise invalid_request(f"response_format: only 'text' is supported, got {response_type!r}", param="response_format")
+    _refuse_common(body)
+
+
+def _refuse_common(body: CompletionRequest | ChatCompletionRequest) -> None:
+    if body.logprobs not in (None, False, 0):
+        raise invalid_request("logprobs: log probabilities are not supported", param="logprobs")
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(body, name)
+        if value not in (None, 0, 0.0):
+            raise invalid_request(f"{name}: penalties are not supported; send 0 or leave it out", param=name)
+
+
+__all__ = ["APIError", "ModelFacts", "PreparedRequest", "PromptBuilder", "model_facts", "sampling_params"]
