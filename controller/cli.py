@@ -107,6 +107,14 @@ def bench_engine(quick: bool = QuickOption, json_path: Optional[Path] = JsonOpti
     main(quick=quick, json_path=json_path)
 
 
+@bench_app.command("router")
+def bench_router(quick: bool = QuickOption, json_path: Optional[Path] = JsonOption) -> None:
+    """Requests/s and latency of a 1-token generation over HTTP against the pool's handle."""
+    from benchmarks.router import main
+
+    main(quick=quick, json_path=json_path)
+
+
 @bench_app.command("vision")
 def bench_vision(quick: bool = QuickOption, json_path: Optional[Path] = JsonOption) -> None:
     """Vision encoder throughput by batch size and the prefill cost of one image."""
