@@ -39,6 +39,15 @@ _REQUEST_ROUTERS = {
 SITE_RESOURCE_PER_REPLICA = 0.001
 
 
+def replica_class(stage: str, spec: ClusterSpec) -> type:
+    """Pavana's engine, or vLLM's on GPU nodes (`engine.backend: vllm`; vision stays Pavana's)."""
+    if spec.engine.backend == "vllm" and stage != "vision":
+        from workers.backends.vllm import REPLICA_CLASSES
+
+        return REPLICA_CLASSES[stage]
+    return _REPLICA_CLASSES[stage]
+
+
 def deployment_name(stage: str, site: str) -> str:
     return f"{stage}-{site}"
 
@@ -107,7 +116,7 @@ def _pool_deployment(stage: str, pool: PoolSpec, site: SiteSpec, spec: ClusterSp
             request_router_kwargs={"block_size": spec.engine.block_size},
             request_routing_stats_period_s=0.5,
         )
-    deployment = serve.deployment(_REPLICA_CLASSES[stage]).options(**options)
+    deployment = serve.deployment(replica_class(stage, spec)).options(**options)
     model_path = spec.model.path
     if stage == "vision":
         return deployment.bind(model_path, stage, site.name, telemetry_settings(spec, site))

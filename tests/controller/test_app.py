@@ -1,0 +1,30 @@
+"""The application builder's choices, without starting Ray: names, sites, engines, scaling."""
+
+from cluster.spec import ClusterSpec
+from controller.app import autoscaling_config, deployment_name, replica_class, site_resource
+from workers.deployments import DecodeReplica, PrefillReplica, VisionReplica
+
+
+def test_names_and_site_resources():
+    assert deployment_name("prefill", "farm-a") == "prefill-farm-a"
+    assert site_resource("farm-a") == "site.farm-a"
+
+
+def test_the_spec_chooses_the_engine_backend():
+    spec = ClusterSpec.default()
+    assert replica_class("prefill", spec) is PrefillReplica
+    assert replica_class("decode", spec) is DecodeReplica
+    vllm_spec = ClusterSpec.parse({"engine": {"backend": "vllm"}})
+    from workers.backends.vllm import VllmDecodeReplica, VllmPrefillReplica
+
+    assert replica_class("prefill", vllm_spec) is VllmPrefillReplica
+    assert replica_class("decode", vllm_spec) is VllmDecodeReplica
+    assert replica_class("vision", vllm_spec) is VisionReplica  # the vision stage stays Pavana's
+
+
+def test_pools_follow_the_plan_through_serves_autoscaling_hook():
+    spec = ClusterSpec.parse({"pools": {"prefill": {"min_replicas": 1, "max_replicas": 3, "initial_replicas": 2}, "decode": {}}})
+    config = autoscaling_config("prefill", spec.pools["prefill"], spec.sites[0], spec)
+    assert (config["min_replicas"], config["max_replicas"], config["initial_replicas"]) == (1, 3, 2)
+    assert config["policy"]["policy_function"] == "autoscaler.serve_hook:FollowPlan"
+    assert config["policy"]["policy_kwargs"] == {"redis_url": spec.redis_url, "prefix": spec.telemetry_prefix, "pool": "prefill", "site": "local"}

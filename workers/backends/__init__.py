@@ -1,0 +1,1 @@
+"""Alternative engines behind the same pool interfaces (`generate`, `prefill`, `decode`)."""
