@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv up test test-fast bench redis proto clean
+.PHONY: venv up test test-fast bench redis redis-bin proto clean
 
 venv: $(STAMP)
 
@@ -26,7 +26,12 @@ redis:
 	  for i in 1 2 3 4 5 6 7 8 9 10; do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && exit 0; sleep 0.5; done; \
 	  echo "redis-server did not answer on 127.0.0.1:6379" >&2; exit 1; }
 
-up: venv
+# `pavana up` uses the Redis at the spec's URL or starts a private redis-server: make sure
+# Debian's package is there to start.
+redis-bin:
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server redis-tools)
+
+up: venv redis-bin
 	$(VENV)/bin/pavana up
 
 test: venv redis

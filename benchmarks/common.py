@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -40,3 +41,12 @@ def write_json(path: Path | None, result: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def run_from_command_line(main, doc: str) -> None:
+    """`python -m benchmarks.<name> [--quick] [--json FILE]`, the same as `pavana bench <name>`."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    main(quick=args.quick, json_path=args.json)

@@ -13,7 +13,6 @@ prefill-first, each measured side by side in one run on one random ~30M-paramete
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 import tempfile
@@ -26,7 +25,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from benchmarks.common import command_line, machine_info, percentile, write_json
+from benchmarks.common import run_from_command_line, command_line, machine_info, percentile, write_json
 from workers.engine.config import EngineConfig
 from workers.engine.default_model import write_tiny_llama
 from workers.engine.llm_engine import LLMEngine
@@ -201,8 +200,4 @@ def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    main(quick=args.quick, json_path=args.json)
+    run_from_command_line(main, __doc__)

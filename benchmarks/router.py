@@ -8,7 +8,6 @@ same local Ray cluster and the same replica, at the same concurrency.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import socket
 import tempfile
@@ -20,7 +19,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import command_line, machine_info, percentile, write_json
+from benchmarks.common import run_from_command_line, command_line, machine_info, percentile, write_json
 
 console = Console()
 API_KEY = "bench-key"
@@ -129,8 +128,4 @@ def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    main(quick=args.quick, json_path=args.json)
+    run_from_command_line(main, __doc__)

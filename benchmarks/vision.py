@@ -6,7 +6,6 @@ Measured on the bundled default model's vision tower, the one the quick start se
 
 from __future__ import annotations
 
-import argparse
 import io
 import tempfile
 import time
@@ -18,7 +17,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import command_line, machine_info, write_json
+from benchmarks.common import run_from_command_line, command_line, machine_info, write_json
 from workers.engine.default_model import ensure_default_model
 from workers.engine.llm_engine import LLMEngine
 from workers.engine.sampling import SamplingParams
@@ -104,8 +103,4 @@ def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    main(quick=args.quick, json_path=args.json)
+    run_from_command_line(main, __doc__)
