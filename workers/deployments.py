@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,6 +31,30 @@ log = logging.getLogger(__name__)
 
 # How many prefix hashes a replica advertises for prefix-affinity routing.
 MAX_ADVERTISED_PREFIX_HASHES = 4096
+
+
+class HeldRefs:
+    """Keeps the ObjectRefs this replica hands out alive for `ttl_s`.
+
+    A ref returned inside a Serve response is pickled by Serve itself, so Ray's reference
+    counting does not see the router as a borrower: once this replica drops its own ref, the
+    object can be deleted before the next pool fetches it. Holding each ref for a while —
+    long enough for the hand-off to complete — closes that gap.
+    """
+
+    def __init__(self, ttl_s: float = 60.0) -> None:
+        self.ttl_s = ttl_s
+        self._refs: deque[tuple[float, Any]] = deque()
+
+    def hold(self, ref: Any) -> Any:
+        now = time.monotonic()
+        while self._refs and now - self._refs[0][0] > self.ttl_s:
+            self._refs.popleft()
+        self._refs.append((now, ref))
+        return ref
+
+    def __len__(self) -> int:
+        return len(self._refs)
 
 
 def _replica_id() -> str:
@@ -77,6 +102,7 @@ class EngineReplica:
         self.async_engine = AsyncEngine(self.engine)
         self.pool = pool
         self.site = site
+        self.held = HeldRefs()  # KV hand-offs this replica has produced
         self.heartbeat = _start_heartbeat(telemetry, pool, self.stage, site, self.record_routing_stats)
         log.info("%s replica up at site %s: %s", self.stage, site, self.engine.model_path)
 
@@ -136,7 +162,7 @@ class PrefillReplica(EngineReplica):
             return PrefillResult(first=_chunk(last, self.stage), num_prompt_tokens=last.num_prompt_tokens)
         return PrefillResult(
             first=_chunk(last, self.stage),
-            kv_ref=[ray.put(last.handoff.kv)],
+            kv_ref=[self.held.hold(ray.put(last.handoff.kv))],
             num_prompt_tokens=last.handoff.num_prompt_tokens,
             mm_hashes=last.handoff.mm_hashes,
         )
@@ -180,6 +206,7 @@ class VisionReplica:
         self.site = site
         self._lock = asyncio.Lock()
         self._busy: list[tuple[float, float, int]] = []  # (end, seconds, images) over the last 10 s
+        self.held = HeldRefs()
         self.heartbeat = _start_heartbeat(telemetry, pool, self.stage, site, self.record_routing_stats)
 
     async def encode(self, images: list[bytes]) -> list[Any]:
@@ -190,7 +217,7 @@ class VisionReplica:
             embeds = await asyncio.get_running_loop().run_in_executor(None, self.encoder.encode, images)
             ended = time.monotonic()
         self._busy.append((ended, ended - started, len(images)))
-        return [ray.put(e) for e in embeds]
+        return [self.held.hold(ray.put(e)) for e in embeds]
 
     def record_routing_stats(self) -> dict[str, Any]:
         now = time.monotonic()
