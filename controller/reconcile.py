@@ -44,12 +44,15 @@ def running_replicas(spec: ClusterSpec, app_name: str) -> dict[str, int]:
 
 
 class Reconciler:
-    def __init__(self, spec: ClusterSpec, *, app_name: str = "pavana", interval_s: float = 5.0) -> None:
+    def __init__(
+        self, spec: ClusterSpec, *, app_name: str = "pavana", interval_s: float = 5.0, autoscaler: dict[str, Any] | None = None
+    ) -> None:
+        """`autoscaler` overrides the autoscaler's thresholds and profiled costs (cool-down, ...)."""
         self.spec = spec
         self.app_name = app_name
         self.interval_s = interval_s
         self.store = TelemetryStore.from_spec(spec)
-        self.config = autoscaler_config(spec)
+        self.config = autoscaler_config(spec, **(autoscaler or {}))
         self.last_change_s: dict[str, float] = {}
         self.last_plan: Plan | None = None
 
