@@ -76,9 +76,11 @@ def engine_settings(spec: ClusterSpec) -> dict[str, Any]:
 
 def autoscaling_config(stage: str, pool: PoolSpec, site: SiteSpec, spec: ClusterSpec) -> dict[str, Any]:
     """Ray Serve sizes the deployment by calling `FollowPlan`, which returns what the reconcile
-    loop's plan says for this pool@site (and holds the size when there is no fresh plan)."""
+    loop's plan says for this pool@site (and holds the size when there is no fresh plan).
+    Serve's floor is zero: the plan keeps the pool's minimum, except where a site's power
+    cannot afford it (a dark site runs no replicas)."""
     return {
-        "min_replicas": pool.min_replicas,
+        "min_replicas": 0,
         "max_replicas": max(1, pool.max_replicas),
         "initial_replicas": pool.initial_replicas,
         "upscale_delay_s": 0,

@@ -17,9 +17,11 @@ import ray
 
 from autoscaler.config import from_spec as autoscaler_config
 from autoscaler.policy import plan as make_plan
-from cluster.records import Plan, TelemetrySnapshot, pool_key
+from autoscaler.power_cap import fit_to_power
+from cluster.records import Plan, SitePower, TelemetrySnapshot, pool_key
 from cluster.spec import ClusterSpec
 from cluster.telemetry import TelemetryStore
+from controller.power import PowerSources
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ class Reconciler:
         self.interval_s = interval_s
         self.store = TelemetryStore.from_spec(spec)
         self.config = autoscaler_config(spec, **(autoscaler or {}))
+        self.power = PowerSources(spec)
+        self.required_stages = frozenset({"colocated"} if spec.topology == "colocated" else {"prefill", "decode"})
         self.last_change_s: dict[str, float] = {}
         self.last_plan: Plan | None = None
 
@@ -61,11 +65,11 @@ class Reconciler:
         current = await asyncio.get_running_loop().run_in_executor(None, running_replicas, self.spec, self.app_name)
         return snapshot, current
 
-    async def act(self, plan: Plan) -> None:
+    async def act(self, plan: Plan, power: list[SitePower] = ()) -> None:
         """Publish the plan for the autoscaling hook and record each change with its reason."""
         changes = plan.changes()
         try:
-            await self.store.write_batch([plan, *changes])
+            await self.store.write_batch([plan, *changes, *power])
         except ConnectionError as exc:
             log.warning("reconcile: cannot write the plan (%s); Serve keeps its current sizes", exc)
             return
@@ -74,9 +78,13 @@ class Reconciler:
             log.info("%s %s: %d -> %d (%s)", decision.kind, decision.target, decision.before, decision.after, decision.reason)
 
     async def reconcile_once(self, now_s: float | None = None) -> Plan:
+        """Size each pool for its demand, then fit every site under the power it has now."""
+        now_s = now_s if now_s is not None else time.time()
         snapshot, current = await self.observe()
-        plan = make_plan(snapshot, self.config, current, now_s if now_s is not None else time.time(), self.last_change_s)
-        await self.act(plan)
+        plan = make_plan(snapshot, self.config, current, now_s, self.last_change_s)
+        if not snapshot.stale:  # no action on stale data, power included
+            plan = fit_to_power(plan, self.power.site_inputs(snapshot, now_s), self.required_stages)
+        await self.act(plan, self.power.published(snapshot, now_s))
         self.last_plan = plan
         return plan
 

