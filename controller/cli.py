@@ -115,6 +115,14 @@ def bench_router(quick: bool = QuickOption, json_path: Optional[Path] = JsonOpti
     main(quick=quick, json_path=json_path)
 
 
+@bench_app.command("power")
+def bench_power(quick: bool = QuickOption, json_path: Optional[Path] = JsonOption) -> None:
+    """Goodput of power-aware against power-oblivious serving over a week of wind (plot beside the JSON)."""
+    from benchmarks.power import main
+
+    main(quick=quick, json_path=json_path)
+
+
 @bench_app.command("vision")
 def bench_vision(quick: bool = QuickOption, json_path: Optional[Path] = JsonOption) -> None:
     """Vision encoder throughput by batch size and the prefill cost of one image."""
