@@ -262,13 +262,18 @@ class Ingress:
         )
         return Tokenizer.from_dir(path), facts
 
-    def pick_site(self, prepared: PreparedRequest) -> str:
+    async def pick_site(self, prepared: PreparedRequest) -> str:
         """Where a request runs: with one site, there; with several, by the power-aware site
         router over the latest telemetry (`router/site_view.py`, `router/site_router.py`).
-        Until the first view is built, the spec's first site."""
+        The first request waits up to a second for the first view; without telemetry at all,
+        the spec's first site."""
         if len(self._site_names) == 1:
             return self._site_names[0]
         self._ensure_site_refresher()
+        for _ in range(20):
+            if self._site_view is not None:
+                break
+            await asyncio.sleep(0.05)
         if self._site_view is None:
             return self._site_names[0]
         choice = choose_site(prepared.request.qos_class, self._site_view.shares, self._site_view.power, random.random())
@@ -392,11 +397,11 @@ class Ingress:
             await rest.aclose()
         yield SSE_DONE
 
-    def _generate(self, prepared: PreparedRequest) -> AsyncIterator[TokenChunk]:
-        site = self.pick_site(prepared)
+    async def _generate(self, prepared: PreparedRequest) -> AsyncIterator[TokenChunk]:
+        site = await self.pick_site(prepared)
         stages = ["vision"] if prepared.images else []
         stages += ["prefill", "decode"] if self.orchestrator.sites[site].disaggregated else ["colocated"]
-        return measured(
+        stream = measured(
             self.orchestrator.generate(prepared.request, prepared.images, site),
             self._publish,
             request_id=prepared.request.request_id,
@@ -406,6 +411,11 @@ class Ingress:
             prompt_tokens=prepared.request.num_prompt_tokens,
             num_images=len(prepared.images),
         )
+        try:
+            async for chunk in stream:
+                yield chunk
+        finally:
+            await stream.aclose()
 
     def _publish(self, record: Any) -> None:
         """Queue a telemetry record; the publisher's task starts with the first request."""

@@ -56,6 +56,14 @@ class HeldRefs:
     def __len__(self) -> int:
         return len(self._refs)
 
+    async def drain(self, grace_s: float = 5.0, max_wait_s: float = 15.0) -> None:
+        """Before the replica exits: wait until its last hand-off is `grace_s` old, so a pool
+        still fetching one (a decode about to read a prompt's KV) finds it. The objects die
+        with this replica, their owner."""
+        deadline = time.monotonic() + max_wait_s
+        while self._refs and time.monotonic() < deadline and time.monotonic() - self._refs[-1][0] < grace_s:
+            await asyncio.sleep(0.1)
+
 
 def _replica_id() -> str:
     from ray import serve
@@ -125,6 +133,12 @@ class EngineReplica:
 
     async def stats(self) -> dict[str, Any]:
         return self.record_routing_stats()
+
+    async def __del__(self) -> None:
+        """Ray Serve calls this on graceful shutdown (a scale-down, a dark site)."""
+        await self.held.drain()
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()
 
     async def check_health(self) -> None:
         if self.async_engine._dead is not None:
@@ -218,6 +232,12 @@ class VisionReplica:
             ended = time.monotonic()
         self._busy.append((ended, ended - started, len(images)))
         return [self.held.hold(ray.put(e)) for e in embeds]
+
+    async def __del__(self) -> None:
+        """Ray Serve calls this on graceful shutdown: let in-flight hand-offs be fetched."""
+        await self.held.drain()
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()
 
     def record_routing_stats(self) -> dict[str, Any]:
         now = time.monotonic()
