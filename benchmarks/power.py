@@ -63,6 +63,17 @@ def trace_classes() -> list[tuple[str, float, np.ndarray]]:
     return out
 
 
+def forecast_errors(power: np.ndarray) -> dict[str, float]:
+    """Mean absolute error, as a share of the rated power, of one-hour-ahead forecasts over
+    the week: persistence (what the planner uses) and exponential smoothing (alpha 0.5)."""
+    persistence = np.abs(power[1:] - power[:-1]).mean() / RATED_W
+    smoothed, errors = power[0].copy(), []
+    for h in range(1, len(power)):
+        errors.append(np.abs(power[h] - smoothed))
+        smoothed = 0.5 * power[h] + 0.5 * smoothed
+    return {"persistence_mae_share_of_rated": float(persistence), "ewma_0.5_mae_share_of_rated": float(np.mean(errors) / RATED_W)}
+
+
 def place_budget(power_w: np.ndarray, budget: int) -> list[int]:
     """Replicas per site for the next hour: fill the sites whose (forecast) power affords the
     most, up to each site's hardware and the fleet's budget."""
@@ -108,6 +119,7 @@ def simulate(hours: int = 168) -> dict[str, Any]:
         per_hour.append((h, rate, served_aware, served_oblivious, float(power[h].sum())))
     return {
         "hours": hours,
+        "forecast_error_1h": forecast_errors(power),
         "offered_requests": offered,
         "goodput_power_aware": aware,
         "goodput_power_oblivious": oblivious,
@@ -151,6 +163,11 @@ def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
     table.add_row("power-oblivious least-loaded", f"{result['goodput_power_oblivious']:,.0f}", f"{result['served_fraction_power_oblivious']:.1%}")
     table.add_row("[bold]ratio[/bold]", f"[bold]{result['goodput_ratio_power_aware_vs_oblivious']:.2f}×[/bold]", "")
     console.print(table)
+    errors = result["forecast_error_1h"]
+    console.print(
+        f"One-hour-ahead forecast error (mean absolute, share of rated power): persistence "
+        f"{errors['persistence_mae_share_of_rated']:.1%}, exponential smoothing {errors['ewma_0.5_mae_share_of_rated']:.1%}"
+    )
     if json_path is not None:
         plot(result, Path(json_path).with_suffix(".png"))
     write_json(json_path, {k: v for k, v in result.items() if k != "per_hour"})
