@@ -125,7 +125,7 @@ def bench_power(quick: bool = QuickOption, json_path: Optional[Path] = JsonOptio
 
 @bench_app.command("vision")
 def bench_vision(quick: bool = QuickOption, json_path: Optional[Path] = JsonOption) -> None:
-    """Vision encoder throughput by batch size and the prefill cost of one image."""
+    """Vision encoder images/s by batch size (bytes in, and forward only) and the prefill tokens of one image."""
     from benchmarks.vision import main
 
     main(quick=quick, json_path=json_path)

@@ -1,149 +1,121 @@
-"""`VisionEncoder`: images in, one embedding tensor per image out — the vision pool's work.
+"""`VisionEncoder`: images in, one embedding tensor per image out — the vision pool's work
+(ModServe's image-encoding stage, scaled and batched apart from prefill and decode).
 
-Loads only the vision tower and projector of a LLaVA `safetensors` checkpoint, so the vision
-pool does not hold the language model. All images are decoded and checked before any is
-encoded: one bad image fails the call with its index and never corrupts the others.
+All images of a call are decoded and checked before any is encoded: one bad image fails the
+call with its index, and never leaves a half-done batch or a wrong entry in the cache.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
-from workers.vision.cache import EmbeddingCache, content_hash
-from workers.vision.clip import Projector, VisionConfig, VisionTower
-from workers.vision.preprocess import ImageError, ImageProcessorConfig, open_image, preprocess
+from workers.vision.cache import EmbeddingCache, embedding_key
+from workers.vision.clip import VisionTower
+from workers.vision.loader import LlavaVisionFacts, has_vision_tower, load_llava_vision, model_identity
+from workers.vision.preprocess import ImageError, ImageLimits, ImageProcessorConfig, load_image
+from workers.vision.projector import Projector, select_features
+
+__all__ = ["VisionEncoder", "LlavaVisionFacts", "has_vision_tower"]
 
 log = logging.getLogger(__name__)
 
-# Where the tower's weights live, by checkpoint layout (transformers 5 and older llava-hf).
-_TOWER_PREFIXES = ("vision_tower.vision_model.", "vision_tower.", "model.vision_tower.vision_model.", "model.vision_tower.")
-_PROJECTOR_PREFIXES = ("multi_modal_projector.", "model.multi_modal_projector.")
-
-
-@dataclass(frozen=True, slots=True)
-class LlavaVisionFacts:
-    """What the router needs to place an image's tokens in a prompt, from config.json alone."""
-
-    image_token_id: int
-    num_image_tokens: int
-    vision: VisionConfig
-    feature_layer: int | tuple[int, ...]
-    select_strategy: str
-    projector_act: str
-    projector_bias: bool
-    text_hidden_size: int
-
-    @classmethod
-    def from_dir(cls, path: str | Path) -> LlavaVisionFacts:
-        raw = json.loads((Path(path) / "config.json").read_text())
-        if "vision_config" not in raw:
-            raise ValueError(f"model: {path} has no vision tower (config.json has no vision_config)")
-        vision = VisionConfig.from_dict(raw["vision_config"])
-        strategy = raw.get("vision_feature_select_strategy", "default")
-        if strategy not in ("default", "full"):
-            raise ValueError(f"vision_feature_select_strategy: {strategy!r} is not supported")
-        layer = raw.get("vision_feature_layer", -2)
-        return cls(
-            image_token_id=raw.get("image_token_id", raw.get("image_token_index")),
-            num_image_tokens=vision.num_patches + (1 if strategy == "full" else 0),
-            vision=vision,
-            feature_layer=tuple(layer) if isinstance(layer, list) else layer,
-            select_strategy=strategy,
-            projector_act=raw.get("projector_hidden_act", "gelu"),
-            projector_bias=raw.get("multimodal_projector_bias", True),
-            text_hidden_size=raw["text_config"]["hidden_size"],
-        )
-
-
-def has_vision_tower(path: str | Path) -> bool:
-    return "vision_config" in json.loads((Path(path) / "config.json").read_text())
-
-
-def _load_prefixed(path: Path, prefixes: tuple[str, ...], module: torch.nn.Module, key_map=lambda k: k) -> None:
-    weights: dict[str, torch.Tensor] = {}
-    for file in sorted(path.glob("*.safetensors")):
-        with safe_open(str(file), "pt") as f:
-            for key in f.keys():
-                weights[key] = f.get_tensor(key) if any(key.startswith(p) for p in prefixes) else None
-    wanted = set(module.state_dict())
-    for prefix in prefixes:
-        found = {key_map(k[len(prefix) :]): v for k, v in weights.items() if k.startswith(prefix) and v is not None}
-        found = {k: v for k, v in found.items() if k in wanted}
-        if found:
-            missing = wanted - found.keys()
-            if missing:
-                raise ValueError(f"checkpoint: {path} lacks {sorted(missing)[:3]} under {prefix!r}")
-            module.load_state_dict(found)
-            return
-    raise ValueError(f"checkpoint: no weights under any of {list(prefixes)} in {path}")
-
-
-def _tower_key(key: str) -> str:
-    """Checkpoint names (embeddings.*, encoder.layers.N.self_attn.*, encoder.layers.N.mlp.*) to ours."""
-    key = key.removeprefix("embeddings.").removeprefix("encoder.")
-    return key.replace("self_attn.", "").replace("mlp.", "").replace("position_embedding.weight", "position_embedding.weight")
-
 
 class VisionEncoder:
-    def __init__(self, path: str | Path, *, cache_size: int = 256, max_batch: int = 16) -> None:
-        path = Path(path)
-        self.facts = LlavaVisionFacts.from_dir(path)
-        self.processor = ImageProcessorConfig.from_dir(path, self.facts.vision.image_size)
-        self.tower = VisionTower(self.facts.vision)
-        _load_prefixed(path, _TOWER_PREFIXES, self.tower, _tower_key)
-        layers = self.facts.feature_layer if isinstance(self.facts.feature_layer, tuple) else (self.facts.feature_layer,)
-        self.projector = Projector(self.facts.vision.hidden_size * len(layers), self.facts.text_hidden_size, self.facts.projector_act, self.facts.projector_bias)
-        _load_prefixed(path, _PROJECTOR_PREFIXES, self.projector)
-        self.tower.eval()
-        self.projector.eval()
+    def __init__(
+        self,
+        facts: LlavaVisionFacts,
+        processor: ImageProcessorConfig,
+        tower: VisionTower,
+        projector: Projector,
+        *,
+        identity: str,
+        cache_size: int = 256,
+        max_batch: int = 16,
+        limits: ImageLimits | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch: must be >= 1, got {max_batch}")
+        self.facts = facts
+        self.processor = processor
+        self.tower = tower
+        self.projector = projector
+        self.identity = identity
         self.cache = EmbeddingCache(cache_size)
         self.max_batch = max_batch
-        self.identity = str(path.resolve())
-        # How deep the tower must run: the deepest feature layer asked for.
-        n = self.facts.vision.num_layers
-        self._layers = [layer % (n + 1) for layer in layers]
+        self.limits = limits
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, cache_size: int = 256) -> VisionEncoder:
-        return cls(path, cache_size=cache_size)
+    def from_pretrained(
+        cls, path: str | Path, *, cache_size: int = 256, max_batch: int = 16, limits: ImageLimits | None = None
+    ) -> VisionEncoder:
+        """Load a LLaVA checkpoint's vision half (float32, CPU)."""
+        facts, tower, projector = load_llava_vision(path)
+        processor = ImageProcessorConfig.from_dir(path, facts.vision.image_size)
+        return cls(facts, processor, tower, projector, identity=model_identity(path), cache_size=cache_size, max_batch=max_batch, limits=limits)
 
     @property
     def num_image_tokens(self) -> int:
+        """Placeholder tokens one image takes in the prompt (rows of each embedding)."""
         return self.facts.num_image_tokens
+
+    @property
+    def image_token_id(self) -> int:
+        return self.facts.image_token_id
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of each embedding row: the language model's hidden size."""
+        return self.projector.linear_2.out_features
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[batch, 3, H, W] preprocessed pixels to [batch, num_image_tokens, text_hidden]."""
-        states = self.tower.hidden_states(pixels, up_to=max(self._layers))
-        selected = [states[layer] for layer in self._layers]
-        if self.facts.select_strategy == "default":
-            selected = [s[:, 1:] for s in selected]
-        return self.projector(torch.cat(selected, dim=-1))
+        """[batch, 3, H, W] preprocessed pixels to [batch, num_image_tokens, hidden_size], in one pass."""
+        states = self.tower.hidden_states(pixels, self.facts.feature_indices)
+        return self.projector(select_features(states, self.facts.select_strategy))
 
-    def encode(self, images: list[bytes]) -> list[torch.Tensor]:
-        """One [num_image_tokens, text_hidden] tensor per image, in order."""
-        keys = [content_hash(self.identity.encode() + data) for data in images]
-        results: dict[int, torch.Tensor] = {}
-        todo: list[tuple[int, torch.Tensor]] = []
-        for i, (key, data) in enumerate(zip(keys, images)):
+    def preprocess(self, images: Sequence[bytes], indices: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """Pixel tensors for every image, or the first failure as `images[i]: ...` with `.index`
+        (i from `indices` when the images are a subset of a caller's list)."""
+        pixels = []
+        for position, data in enumerate(images):
+            i = indices[position] if indices is not None else position
+            try:
+                if not isinstance(data, (bytes, bytearray, memoryview)):
+                    raise ImageError(f"expected image bytes, got {type(data).__name__}")
+                pixels.append(load_image(bytes(data), self.processor, self.limits))
+            except ImageError as exc:
+                error = type(exc)(f"images[{i}]: {exc}")
+                error.index = i
+                raise error from None
+        return pixels
+
+    def encode(self, images: Sequence[bytes]) -> list[torch.Tensor]:
+        """One [num_image_tokens, hidden_size] float32 tensor per image, in order. Cached and
+        repeated images are encoded once; the rest in forward passes of up to `max_batch`."""
+        keys = [embedding_key(self.identity, bytes(b)) if isinstance(b, (bytes, bytearray, memoryview)) else f"#{i}" for i, b in enumerate(images)]
+        found: dict[str, torch.Tensor] = {}
+        todo: dict[str, int] = {}  # key -> index of its first occurrence, for images to encode
+        for i, key in enumerate(keys):
+            if key in found or key in todo:
+                self.cache.record_hit()  # a repeat within the call is encoded once, like a cached one
+                continue
             cached = self.cache.get(key)
             if cached is not None:
-                results[i] = cached
-                continue
-            try:
-                todo.append((i, preprocess(open_image(data), self.processor)))
-            except ImageError as exc:
-                raise ImageError(f"images[{i}]: {exc}") from None
-        for start in range(0, len(todo), self.max_batch):
-            batch = todo[start : start + self.max_batch]
-            embeds = self.encode_pixels(torch.stack([p for _, p in batch]))
-            for (i, _), e in zip(batch, embeds):
-                results[i] = e.clone()
-                self.cache.put(keys[i], results[i])
-        return [results[i] for i in range(len(images))]
+                found[key] = cached
+            else:
+                todo[key] = i
+        pending, indices = list(todo), list(todo.values())
+        pixels = self.preprocess([images[i] for i in indices], indices)
+        for start in range(0, len(pending), self.max_batch):
+            chunk = pending[start : start + self.max_batch]
+            embeds = self.encode_pixels(torch.stack(pixels[start : start + len(chunk)]))
+            for key, embed in zip(chunk, embeds):
+                found[key] = embed.clone()  # its own storage: the batch tensor can be freed
+                self.cache.put(key, found[key])
+        if todo:
+            log.debug("encoded images", extra={"images": len(images), "encoded": len(todo), "cache_hits": self.cache.hits})
+        return [found[key] for key in keys]
