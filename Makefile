@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv up test test-fast bench redis redis-bin proto clean
+.PHONY: venv up test test-fast bench redis redis-bin chromium proto clean
 
 venv: $(STAMP)
 
@@ -31,10 +31,14 @@ redis:
 redis-bin:
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server redis-tools)
 
+# The dashboard's tests drive Debian's Chromium headless through Playwright.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
 up: venv redis-bin
 	$(VENV)/bin/pavana up
 
-test: venv redis
+test: venv redis chromium
 	$(PY) -m pytest -q
 
 test-fast: venv

@@ -164,6 +164,9 @@ class ClusterSpec(_Model):
     redis_url: str = "redis://127.0.0.1:6379"
     telemetry_prefix: str = Field("pavana", min_length=1)
     api_keys: list[str] = Field(default_factory=list)
+    # The dashboard and admin routes take this token, never an inference key; with none set
+    # they are closed (`pavana up` generates one).
+    operator_token: str | None = Field(None, min_length=16)
     allow_remote_image_urls: bool = False
 
     @field_validator("pools", mode="before")

@@ -2,7 +2,7 @@
 
 `build_app(spec)` is the single entry from configuration to cluster; `app_builder(args)` is the
 import path that `serve run`, `serve deploy` and KubeRay's `serveConfigV2` name
-(`controller.app:app_builder`). Each pool gets one deployment per site, named
+(`controller.app:build`, an alias). Each pool gets one deployment per site, named
 `<stage>-<site>`, pinned to the site by the Ray custom resource `site.<name>`.
 """
 
@@ -140,6 +140,23 @@ def build_app(spec: ClusterSpec, *, use_site_resources: bool = True) -> serve.Ap
 
 
 def app_builder(args: dict[str, str]) -> serve.Application:
-    """Entry for `serve run controller.app:app_builder spec=FILE` and KubeRay's serveConfigV2."""
+    """Entry for `serve run controller.app:build spec=FILE` and KubeRay's serveConfigV2.
+
+    `spec` names a YAML file; `api_keys` and `operator_token`, when given (KubeRay passes them
+    from a Secret through the environment, see deploy/kuberay), override the file's."""
+    import os
+
     spec = ClusterSpec.from_yaml(args["spec"]) if "spec" in args else ClusterSpec.default()
+    update: dict[str, Any] = {}
+    keys = args.get("api_keys") or os.environ.get("PAVANA_API_KEYS", "")
+    if keys:
+        update["api_keys"] = [k for k in keys.split(",") if k]
+    token = args.get("operator_token") or os.environ.get("PAVANA_OPERATOR_TOKEN")
+    if token:
+        update["operator_token"] = token
+    if update:
+        spec = ClusterSpec.model_validate({**spec.model_dump(mode="json"), **update})
     return build_app(spec)
+
+
+build = app_builder

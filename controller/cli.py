@@ -55,6 +55,7 @@ def up(
             console.print(f"  API key     {endpoints.api_key}")
         else:
             console.print("  [yellow]API keys are off (--insecure)[/yellow]")
+        console.print(f"  Dashboard   {endpoints.http_url.removesuffix('/v1')}/dashboard  (operator token {endpoints.operator_token})")
         console.print("Stop with Ctrl-C or `pavana down`.")
 
     if redis:

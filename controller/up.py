@@ -38,6 +38,7 @@ class Endpoints:
     grpc_address: str
     api_key: str | None
     redis_url: str
+    operator_token: str | None = None
 
 
 def with_api_key(spec: ClusterSpec, *, insecure: bool) -> tuple[ClusterSpec, str | None]:
@@ -51,6 +52,13 @@ def with_api_key(spec: ClusterSpec, *, insecure: bool) -> tuple[ClusterSpec, str
         generated = "pk-" + secrets.token_urlsafe(24)
         keys = [generated]
     return spec.model_copy(update={"api_keys": keys}), generated or keys[0]
+
+
+def with_operator_token(spec: ClusterSpec) -> ClusterSpec:
+    """The dashboard and admin routes are closed without a token: take the spec's,
+    `PAVANA_OPERATOR_TOKEN`, or a fresh random one (printed once by `pavana up`)."""
+    token = spec.operator_token or os.environ.get("PAVANA_OPERATOR_TOKEN") or "po-" + secrets.token_urlsafe(24)
+    return spec.model_copy(update={"operator_token": token})
 
 
 def redis_answers(url: str) -> bool:
@@ -122,6 +130,7 @@ def up(spec: ClusterSpec, *, address: str | None = None, insecure: bool = False,
     from controller.serving import start_serving
 
     spec, api_key = with_api_key(spec, insecure=insecure)
+    spec = with_operator_token(spec)
     spec, redis_proc = ensure_redis(spec)
     start_ray(spec, address)
     stop = threading.Event()
@@ -135,6 +144,7 @@ def up(spec: ClusterSpec, *, address: str | None = None, insecure: bool = False,
             grpc_address=f"127.0.0.1:{spec.grpc_port}",
             api_key=api_key,
             redis_url=spec.redis_url,
+            operator_token=spec.operator_token,
         )
         state_dir().mkdir(parents=True, exist_ok=True)
         state_file().write_text(json.dumps({"pid": os.getpid(), "http_url": endpoints.http_url, "grpc_address": endpoints.grpc_address, "redis_url": spec.redis_url}))
