@@ -20,7 +20,10 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 SCHEMA_VERSION = 1
 
 Outcome = Literal["ok", "error", "rejected", "aborted"]
-DecisionKind = Literal["scale_up", "scale_down", "hold"]
+# scale_*: a pool@site changes size; reroute: a class's share of traffic at a site changes
+# (before/after in percent); power_mode: a site's replicas change power mode (before/after:
+# replicas in a reduced mode).
+DecisionKind = Literal["scale_up", "scale_down", "hold", "reroute", "power_mode"]
 
 # Unknown fields are an error, not ignored: a new field means a new schema version.
 _STRICT_FIELDS = ConfigDict(extra="forbid")
@@ -56,6 +59,7 @@ class ReplicaHeartbeat:
     busy_fraction: float
     power_w: float
     timestamp_s: float
+    power_mode: str = ""  # the mode the replica runs in ("" before the first routing plan)
 
     __pydantic_config__ = _STRICT_FIELDS
 
@@ -179,6 +183,23 @@ class Plan:
 
 
 @dataclass(frozen=True, slots=True)
+class RoutingPlan:
+    """The power planner's slow-timescale answer (Heron): what share of each class's traffic
+    each site takes, how many of a site's replicas run in each power mode, and the power the
+    plan assumed per site (the site router and the controller replan when power falls below
+    it)."""
+
+    shares: dict[str, dict[str, float]]  # class -> site -> share (sums to 1 over sites, or all 0)
+    modes: dict[str, dict[str, int]]  # site -> mode -> replicas
+    planned_power_w: dict[str, float]  # site -> the (forecast) power the plan assumed
+    reasons: dict[str, str]  # site -> why
+    goodput_rps: float
+    timestamp_s: float
+
+    __pydantic_config__ = _STRICT_FIELDS
+
+
+@dataclass(frozen=True, slots=True)
 class TelemetrySnapshot:
     """Everything a policy sees of the cluster at once.
 
@@ -198,8 +219,8 @@ class TelemetrySnapshot:
         return tuple(h for h in self.heartbeats if h.pool == pool and h.site == site)
 
 
-WireRecord = ReplicaHeartbeat | RequestRecord | SitePower | Decision | Plan
-R = TypeVar("R", ReplicaHeartbeat, RequestRecord, SitePower, Decision, Plan)
+WireRecord = ReplicaHeartbeat | RequestRecord | SitePower | Decision | Plan | RoutingPlan
+R = TypeVar("R", ReplicaHeartbeat, RequestRecord, SitePower, Decision, Plan, RoutingPlan)
 
 RECORD_TYPES: dict[str, type] = {
     "heartbeat": ReplicaHeartbeat,
@@ -207,6 +228,7 @@ RECORD_TYPES: dict[str, type] = {
     "site_power": SitePower,
     "decision": Decision,
     "plan": Plan,
+    "routing": RoutingPlan,
 }
 _NAMES = {cls: name for name, cls in RECORD_TYPES.items()}
 

@@ -7,6 +7,7 @@ Layout under a configurable prefix `P` (so tests and clusters never collide):
     P decisions                    stream, capped, field "json"
     P power                        hash, site -> JSON SitePower
     P plan                         string, JSON Plan
+    P routing                      string, JSON RoutingPlan (the power planner's shares and modes)
 
 A Redis outage must never fail a request (DESIGN.md, Telemetry): writers drop and count,
 readers serve the last good snapshot marked stale, and both retry after a backoff that grows
@@ -33,6 +34,7 @@ from cluster.records import (
     Decision,
     Plan,
     RecordError,
+    RoutingPlan,
     ReplicaHeartbeat,
     RequestRecord,
     SitePower,
@@ -124,6 +126,10 @@ class TelemetryStore:
     def plan_key(self) -> str:
         return self.prefix + "plan"
 
+    @property
+    def routing_key(self) -> str:
+        return self.prefix + "routing"
+
     # -- availability ---------------------------------------------------------------------------
     @property
     def available(self) -> bool:
@@ -204,6 +210,8 @@ class TelemetryStore:
                 return lambda p: p.hset(self.power_key, record.site, payload)
             case Plan():
                 return lambda p: p.set(self.plan_key, payload)
+            case RoutingPlan():
+                return lambda p: p.set(self.routing_key, payload)
         raise RecordError(f"{type(record).__name__} is not a telemetry record")
 
     async def set_plan(self, plan: Plan) -> None:
@@ -244,6 +252,19 @@ class TelemetryStore:
     async def read_plan(self) -> Plan | None:
         payload = await self._run(lambda c: c.get(self.plan_key))
         return None if payload is None else from_json(payload, Plan)
+
+    async def live_heartbeat_keys(self, site: str) -> list[str]:
+        """Keys of the live heartbeats of every pool at `site` (a silent replica's has expired)."""
+        pattern = self.prefix.translate(_GLOB_SPECIAL) + "hb:*@" + site.translate(_GLOB_SPECIAL) + ":*"
+
+        async def scan(client: Redis) -> list[str]:
+            return sorted([key async for key in client.scan_iter(match=pattern, count=1000)])
+
+        return await self._run(scan)
+
+    async def read_routing(self) -> RoutingPlan | None:
+        payload = await self._run(lambda c: c.get(self.routing_key))
+        return None if payload is None else from_json(payload, RoutingPlan)
 
     async def recent_decisions(self, count: int = 50) -> list[Decision]:
         """The last `count` decisions, oldest first."""
@@ -315,6 +336,8 @@ class TelemetryPublisher:
                 self._latest[("power", record.site)] = record
             case Plan():
                 self._latest[("plan",)] = record
+            case RoutingPlan():
+                self._latest[("routing",)] = record
             case RequestRecord() | Decision():
                 if len(self._events) >= self.max_queue:
                     self._events.popleft()

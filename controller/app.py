@@ -98,6 +98,7 @@ def telemetry_settings(spec: ClusterSpec, site: SiteSpec) -> dict[str, Any]:
         "redis_url": spec.redis_url,
         "prefix": spec.telemetry_prefix,
         "replica_power_w": site.power_modes[0].power_w,
+        "power_modes": [(m.name, m.power_w, m.throughput_fraction) for m in site.power_modes],
     }
 
 

@@ -132,5 +132,67 @@ def bench_vision(quick: bool = QuickOption, json_path: Optional[Path] = JsonOpti
     main(quick=quick, json_path=json_path)
 
 
+@bench_app.command("serve")
+def bench_serve(
+    url: str = typer.Option("http://127.0.0.1:8000/v1", help="the OpenAI API's base URL"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="PAVANA_API_KEY"),
+    trace: Optional[Path] = typer.Option(None, help="an Azure LLM inference trace (TIMESTAMP, ContextTokens, GeneratedTokens)"),
+    trace_start: int = typer.Option(0, help="first row of the trace to replay"),
+    rate: Optional[float] = typer.Option(None, help="requests/s of synthetic arrivals (with --trace: its lengths at these arrivals)"),
+    rate_scale: float = typer.Option(1.0, help="replay the trace's own arrivals this many times as fast"),
+    arrivals: str = typer.Option("poisson", help="poisson | gamma"),
+    cv: float = typer.Option(2.0, help="coefficient of variation of gamma arrivals"),
+    duration: Optional[float] = typer.Option(None, help="seconds of arrivals"),
+    num_requests: Optional[int] = typer.Option(None, help="number of requests (a trace: rows from --trace-start)"),
+    warmup: int = typer.Option(0, help="first requests left out of the report"),
+    classes: str = typer.Option("interactive=1", help="QoS class shares, e.g. interactive=0.7,batch=0.3"),
+    slo: Optional[str] = typer.Option(None, help="targets per class overriding the spec's, e.g. interactive=1.0:0.1 (TTFT:TBT s)"),
+    images_share: float = typer.Option(0.0, help="share of requests that carry images"),
+    images_per_request: int = typer.Option(1, help="images in such a request"),
+    prompt_tokens: int = typer.Option(256, help="prompt length without a trace"),
+    output_tokens: int = typer.Option(64, help="output length without a trace"),
+    max_prompt_tokens: Optional[int] = typer.Option(None, help="cap on prompt lengths"),
+    max_output_tokens: Optional[int] = typer.Option(None, help="cap on output lengths"),
+    seed: int = typer.Option(0),
+    spec: Optional[Path] = SpecOption,
+    tokenizer: Optional[Path] = typer.Option(None, help="model directory whose tokenizer builds the prompts (default: the bundled model)"),
+    json_path: Optional[Path] = JsonOption,
+    out: Path = typer.Option(Path("bench-results"), "--out", help="folder for requests.jsonl, report.json/.md and plots"),
+) -> None:
+    """Replay a trace or synthetic arrivals against a live API: TTFT, TBT, fluidity-index, SLO attainment, goodput."""
+    import httpx
+
+    from bench.report import summary_table
+    from bench.serve import ServeOptions, parse_slo_overrides, run_serve, targets_from_spec
+    from bench.trace import TraceError
+    from bench.workload import WorkloadError
+    from workers.engine.default_model import ensure_default_model
+    from workers.engine.tokenizer import Tokenizer
+
+    try:
+        targets = {**targets_from_spec(load_spec(spec)), **(parse_slo_overrides(slo) if slo else {})}
+        options = ServeOptions(
+            url=url, api_key=api_key, trace=trace, trace_start=trace_start, rate=rate, rate_scale=rate_scale, arrivals=arrivals,
+            cv=cv, duration_s=duration, num_requests=num_requests, warmup=warmup, classes=classes, images_share=images_share,
+            images_per_request=images_per_request, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+            max_prompt_tokens=max_prompt_tokens, max_output_tokens=max_output_tokens, seed=seed, targets=targets,
+            out_dir=out, json_path=json_path,
+        )
+        report = run_serve(options, Tokenizer.from_dir(tokenizer or ensure_default_model()))
+    except (WorkloadError, TraceError, ValueError, httpx.HTTPError) as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(summary_table(report))
+    console.print(f"Report, plots and per-request records in {escape(str(out))}")
+
+
+@bench_app.command("topologies")
+def bench_topologies(quick: bool = QuickOption, json_path: Optional[Path] = JsonOption) -> None:
+    """One trace slice against colocated vs disaggregated pools and sarathi vs prefill_first (plots beside the JSON)."""
+    from benchmarks.serve_topologies import main
+
+    main(quick=quick, json_path=json_path)
+
+
 if __name__ == "__main__":
     app()

@@ -1,9 +1,14 @@
 """The reconcile loop: observe ▸ plan ▸ act, every few seconds (KubeRay-style).
 
-Observe: the telemetry snapshot from Redis and the replicas Ray Serve runs. Plan: the pure
-autoscaler (`autoscaler.policy.plan`). Act: write the plan where Ray Serve's autoscaling hook
-(`autoscaler.serve_hook.FollowPlan`) reads it, and record every change as a decision with its
-reason, for `pavana status` and the dashboard. Acting on the same plan twice changes nothing.
+Observe: the telemetry snapshot from Redis and the replicas Ray Serve runs. Plan, on two
+timescales (Heron): every round the pure stage autoscaler (`autoscaler.policy.plan`) sizes
+each pool and `fit_to_power` caps every site by the power it has now; every planning interval,
+or at once when a site's power leaves what the last plan assumed, the power planner
+(`autoscaler.power_planner`) re-divides each class's traffic between the sites and picks each
+site's power modes from the power forecast. Act: write both plans where Ray Serve's
+autoscaling hook (`autoscaler.serve_hook.FollowPlan`), the ingress's site router and the
+replicas read them, and record every change as a decision with its reason, for `pavana status`
+and the dashboard. Acting on the same plan twice changes nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -18,7 +25,8 @@ import ray
 from autoscaler.config import from_spec as autoscaler_config
 from autoscaler.policy import plan as make_plan
 from autoscaler.power_cap import fit_to_power
-from cluster.records import Plan, SitePower, TelemetrySnapshot, pool_key
+from autoscaler.power_planner import PlannerSettings, class_demands, needs_replan, plan_routing, planning_power, routing_decisions
+from cluster.records import Decision, Plan, RoutingPlan, SitePower, TelemetrySnapshot, WireRecord, pool_key
 from cluster.spec import ClusterSpec
 from cluster.telemetry import TelemetryStore
 from controller.power import PowerSources
@@ -26,6 +34,9 @@ from controller.power import PowerSources
 log = logging.getLogger(__name__)
 
 RECONCILER_NAME = "pavana-reconciler"
+POWER_HISTORY = 120  # readings per site kept for the forecast (10 minutes at the default interval)
+# A class may be sent to a site whose network latency is at most this share of its TTFT SLO.
+LATENCY_SHARE_OF_TTFT = 0.25
 NAMESPACE = "pavana"
 
 
@@ -47,9 +58,16 @@ def running_replicas(spec: ClusterSpec, app_name: str) -> dict[str, int]:
 
 class Reconciler:
     def __init__(
-        self, spec: ClusterSpec, *, app_name: str = "pavana", interval_s: float = 5.0, autoscaler: dict[str, Any] | None = None
+        self,
+        spec: ClusterSpec,
+        *,
+        app_name: str = "pavana",
+        interval_s: float = 5.0,
+        autoscaler: dict[str, Any] | None = None,
+        planner: dict[str, Any] | None = None,
     ) -> None:
-        """`autoscaler` overrides the autoscaler's thresholds and profiled costs (cool-down, ...)."""
+        """`autoscaler` overrides the autoscaler's thresholds and profiled costs (cool-down, ...);
+        `planner` the power planner's (`PlannerSettings`: forecaster, interval, ...)."""
         self.spec = spec
         self.app_name = app_name
         self.interval_s = interval_s
@@ -59,32 +77,70 @@ class Reconciler:
         self.required_stages = frozenset({"colocated"} if spec.topology == "colocated" else {"prefill", "decode"})
         self.last_change_s: dict[str, float] = {}
         self.last_plan: Plan | None = None
+        self.planner = PlannerSettings(**(planner or {}))
+        self.power_history: dict[str, deque[float]] = {s.name: deque(maxlen=POWER_HISTORY) for s in spec.sites}
+        self.routing: RoutingPlan | None = None
+        self._routing_loaded = False
 
     async def observe(self) -> tuple[TelemetrySnapshot, dict[str, int]]:
         snapshot = await self.store.snapshot()
         current = await asyncio.get_running_loop().run_in_executor(None, running_replicas, self.spec, self.app_name)
         return snapshot, current
 
-    async def act(self, plan: Plan, power: list[SitePower] = ()) -> None:
-        """Publish the plan for the autoscaling hook and record each change with its reason."""
+    async def act(self, plan: Plan, power: list[SitePower] = (), routing: list[WireRecord] = ()) -> None:
+        """Publish the plans for the autoscaling hook, the site router and the replicas, and
+        record each change with its reason."""
         changes = plan.changes()
         try:
-            await self.store.write_batch([plan, *changes, *power])
+            await self.store.write_batch([plan, *changes, *power, *routing])
         except ConnectionError as exc:
             log.warning("reconcile: cannot write the plan (%s); Serve keeps its current sizes", exc)
             return
         for decision in changes:
             self.last_change_s[decision.target] = plan.timestamp_s
+        for decision in [*changes, *(r for r in routing if isinstance(r, Decision))]:
             log.info("%s %s: %d -> %d (%s)", decision.kind, decision.target, decision.before, decision.after, decision.reason)
+
+    async def plan_sites(self, snapshot: TelemetrySnapshot, now_s: float) -> list[WireRecord]:
+        """The power planner's round: a new routing plan and its decisions when one is due,
+        else nothing. A restarted controller takes up the plan it finds in Redis."""
+        if not self._routing_loaded:
+            try:
+                self.routing = await self.store.read_routing()
+                self._routing_loaded = True
+            except ConnectionError:
+                return []
+        inputs = self.power.site_inputs(snapshot, now_s)
+        if not inputs:
+            return []
+        power_now = {name: site.available_power_w for name, site in inputs.items()}
+        why = needs_replan(self.routing, power_now, now_s, self.planner)
+        planning = [
+            replace(site, available_power_w=planning_power(site.available_power_w, self.power_history[name], self.planner))
+            for name, site in inputs.items()
+        ]
+        for name, watts in power_now.items():
+            self.power_history[name].append(watts)
+        if why is None:
+            return []
+        classes = {c.name: 1.0 / (1 + c.priority) for c in self.spec.qos_classes}
+        budgets = {c.name: LATENCY_SHARE_OF_TTFT * c.slo.ttft_s * 1000 for c in self.spec.qos_classes}
+        demands = class_demands(snapshot.requests, classes, now_s, self.planner, latency_budget_ms=budgets)
+        routing = plan_routing(planning, demands, now_s)
+        decisions = routing_decisions(self.routing, routing, why, planning)
+        self.routing = routing
+        return [routing, *decisions]
 
     async def reconcile_once(self, now_s: float | None = None) -> Plan:
         """Size each pool for its demand, then fit every site under the power it has now."""
         now_s = now_s if now_s is not None else time.time()
         snapshot, current = await self.observe()
         plan = make_plan(snapshot, self.config, current, now_s, self.last_change_s)
+        routing: list[WireRecord] = []
         if not snapshot.stale:  # no action on stale data, power included
             plan = fit_to_power(plan, self.power.site_inputs(snapshot, now_s), self.required_stages)
-        await self.act(plan, self.power.published(snapshot, now_s))
+            routing = await self.plan_sites(snapshot, now_s)
+        await self.act(plan, self.power.published(snapshot, now_s), routing)
         self.last_plan = plan
         return plan
 

@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.spec import ClusterSpec
 from cluster.telemetry import TelemetryPublisher, TelemetryStore
+from controller.dashboard.service import Dashboard
 from router.auth import APIKeys
 from router.errors import (
     INVALID_REQUEST,
@@ -240,6 +241,7 @@ class Ingress:
         self._site_names = [site.name for site in self.spec.sites]
         self._readiness: tuple[float, bool, dict[str, str]] | None = None
         self.telemetry = TelemetryPublisher(TelemetryStore.from_spec(self.spec))
+        self.dashboard = Dashboard(self.spec, self.telemetry.store)
         self._site_view: SiteView | None = None
         self._site_refresher: asyncio.Task | None = None
         log.info("ingress up: model %s, context %d tokens, sites %s", self.facts.name, self.facts.max_model_len, self._site_names)
@@ -295,7 +297,10 @@ class Ingress:
                 snapshot = await self.telemetry.store.snapshot()
                 if not snapshot.stale:
                     plan = await self.telemetry.store.read_plan()
-                    self._site_view = build_view(snapshot, plan, sites=latencies, classes=classes, required_stages=required)
+                    routing = await self.telemetry.store.read_routing()
+                    self._site_view = build_view(
+                        snapshot, plan, sites=latencies, classes=classes, required_stages=required, routing=routing
+                    )
             except Exception:  # telemetry never fails a request; the last view stands
                 log.warning("site view: cannot refresh from telemetry", exc_info=True)
             await asyncio.sleep(SITE_VIEW_REFRESH_S)
@@ -311,6 +316,19 @@ class Ingress:
         """Readiness: every pool of every site answers."""
         ready, pools = await self._pools_ready()
         return JSONResponse({"status": "ready" if ready else "not ready", "pools": pools}, status_code=200 if ready else 503)
+
+    # The operator dashboard and Prometheus metrics (controller/dashboard), behind the operator token.
+    @app.get("/dashboard")
+    async def dashboard_page(self) -> Response:
+        return self.dashboard.page()
+
+    @app.get("/dashboard/{path:path}")
+    async def dashboard_route(self, path: str, request: Request) -> Response:
+        return await self.dashboard.route(path, request.headers.get("authorization"))
+
+    @app.get("/metrics")
+    async def metrics(self, request: Request) -> Response:
+        return await self.dashboard.scrape(request.headers.get("authorization"))
 
     @app.get("/v1/models")
     async def list_models(self, request: Request) -> Response:
@@ -410,6 +428,7 @@ class Ingress:
             pool_path=">".join(stages),
             prompt_tokens=prepared.request.num_prompt_tokens,
             num_images=len(prepared.images),
+            observe=self.dashboard.metrics.observe,
         )
         try:
             async for chunk in stream:

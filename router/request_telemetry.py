@@ -34,7 +34,10 @@ async def measured(
     pool_path: str,
     prompt_tokens: int,
     num_images: int,
+    observe: Callable[[RequestRecord, float, list[float]], None] | None = None,
 ) -> AsyncIterator[TokenChunk]:
+    """`observe`, when given, also gets the record with the end-to-end seconds and every gap
+    between tokens (the ingress's Prometheus metrics, `controller/metrics.py`)."""
     started = time.monotonic()
     token_times: list[float] = []
     outcome = "aborted"
@@ -52,7 +55,7 @@ async def measured(
         raise
     finally:
         p50, p99 = tbt_percentiles(token_times)
-        publish(RequestRecord(
+        record = RequestRecord(
             request_id=request_id,
             qos_class=qos_class,
             site=site,
@@ -65,4 +68,7 @@ async def measured(
             outcome=outcome,
             timestamp_s=time.time(),
             num_images=num_images,
-        ))
+        )
+        publish(record)
+        if observe is not None:
+            observe(record, time.monotonic() - started, np.diff(np.asarray(token_times)).tolist())

@@ -1,6 +1,7 @@
 """The ingress's picture of its sites, rebuilt from telemetry every half second: which sites
 can take work now (live replicas of every stage the topology needs, power not below what
-they draw) and how traffic should be shared (as the last plan sized each site).
+they draw) and how traffic should be shared: each class as the power planner divided it
+(`RoutingPlan.shares`), or, before its first plan, as the stage autoscaler sized each site.
 
 Pure: a telemetry snapshot and the plan in, the inputs of `router.site_router` out.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cluster.records import Plan, TelemetrySnapshot
+from cluster.records import Plan, RoutingPlan, TelemetrySnapshot
 from router.site_router import SitePower
 
 
@@ -27,6 +28,7 @@ def build_view(
     sites: dict[str, float],  # site -> network latency (ms)
     classes: list[str],
     required_stages: frozenset[str],
+    routing: RoutingPlan | None = None,
 ) -> SiteView:
     stages_up: dict[str, set[str]] = {s: set() for s in sites}
     drawn: dict[str, float] = {s: 0.0 for s in sites}
@@ -48,4 +50,8 @@ def build_view(
         weights = {t.site: float(t.desired) for t in plan.targets if t.pool == anchor and t.site in sites}
     else:
         weights = {site: 1.0 for site in sites}
-    return SiteView(shares={c: dict(weights) for c in classes}, power=power)
+    shares = {}
+    for c in classes:
+        planned = {site: w for site, w in (routing.shares.get(c, {}) if routing else {}).items() if site in sites}
+        shares[c] = planned if sum(planned.values()) > 0 else dict(weights)
+    return SiteView(shares=shares, power=power)

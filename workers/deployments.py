@@ -74,11 +74,13 @@ def _replica_id() -> str:
         return "local"
 
 
-def _start_heartbeat(telemetry: dict[str, Any] | None, pool: str, stage: str, site: str, stats) -> Heartbeat | None:
-    """Publish this replica's load to Redis every second (`None`: telemetry is off)."""
+def _start_heartbeat(telemetry: dict[str, Any] | None, pool: str, stage: str, site: str, stats, on_mode=None) -> Heartbeat | None:
+    """Publish this replica's load to Redis every second and follow the planned power mode
+    (`None`: telemetry is off)."""
     if not telemetry:
         return None
-    heartbeat = Heartbeat(TelemetrySettings(**telemetry), pool=pool, stage=stage, site=site, replica_id=_replica_id(), stats=stats)
+    settings = TelemetrySettings(**{**telemetry, "power_modes": tuple(tuple(m) for m in telemetry.get("power_modes", ()))})
+    heartbeat = Heartbeat(settings, pool=pool, stage=stage, site=site, replica_id=_replica_id(), stats=stats, on_mode=on_mode)
     heartbeat.start()
     return heartbeat
 
@@ -111,7 +113,10 @@ class EngineReplica:
         self.pool = pool
         self.site = site
         self.held = HeldRefs()  # KV hand-offs this replica has produced
-        self.heartbeat = _start_heartbeat(telemetry, pool, self.stage, site, self.record_routing_stats)
+        self.heartbeat = _start_heartbeat(
+            telemetry, pool, self.stage, site, self.record_routing_stats,
+            on_mode=lambda mode: self.async_engine.set_throughput_fraction(mode.throughput_fraction),
+        )
         log.info("%s replica up at site %s: %s", self.stage, site, self.engine.model_path)
 
     def record_routing_stats(self) -> dict[str, Any]:

@@ -3,6 +3,10 @@ autoscaler and the dashboard see each pool as it is and a dead replica disappear
 
 Publishing never touches the request path: it reads the engine's counters and queues a record
 that a background task writes; when Redis is away the record is dropped and counted.
+
+The same loop enacts the power planner's modes: every few beats it reads the routing plan and
+the live replicas of its site, takes the mode at its rank (`autoscaler.power_planner.
+mode_for_replica`), tells the engine (`on_mode`), and reports its power in that mode.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from autoscaler.power_planner import mode_for_replica
+from autoscaler.site_planner import Mode
 from cluster.records import ReplicaHeartbeat
 from cluster.telemetry import TelemetryPublisher, TelemetryStore
 
@@ -30,8 +36,11 @@ class TelemetrySettings:
 
     redis_url: str
     prefix: str
-    replica_power_w: float = 300.0
+    replica_power_w: float = 300.0  # the full mode's, until a routing plan assigns one
     period_s: float = 1.0
+    # The site's power modes as (name, power_w, throughput_fraction); empty: modes are not enacted.
+    power_modes: tuple[tuple[str, float, float], ...] = ()
+    mode_check_every: int = 3  # beats between reads of the routing plan
 
 
 def estimated_power_w(busy_fraction: float, replica_power_w: float) -> float:
@@ -40,8 +49,11 @@ def estimated_power_w(busy_fraction: float, replica_power_w: float) -> float:
 
 class Heartbeat:
     def __init__(self, settings: TelemetrySettings, *, pool: str, stage: str, site: str, replica_id: str,
-                 stats: Callable[[], dict[str, Any]]) -> None:
+                 stats: Callable[[], dict[str, Any]], on_mode: Callable[[Mode], None] | None = None) -> None:
         self.settings = settings
+        self.modes = tuple(Mode(*m) for m in settings.power_modes)
+        self.mode: Mode | None = None
+        self.on_mode = on_mode
         self.identity = dict(pool=pool, stage=stage, site=site, replica_id=replica_id)
         self.stats = stats
         self.store = TelemetryStore(settings.redis_url, settings.prefix, heartbeat_ttl_s=max(5.0, 5 * settings.period_s))
@@ -59,8 +71,9 @@ class Heartbeat:
             total_kv_blocks=int(s.get("total_kv_blocks", 0)),
             tokens_per_s=float(s.get("tokens_per_s", 0.0)),
             busy_fraction=float(s.get("busy_fraction", 0.0)),
-            power_w=estimated_power_w(float(s.get("busy_fraction", 0.0)), self.settings.replica_power_w),
+            power_w=estimated_power_w(float(s.get("busy_fraction", 0.0)), self.mode.power_w if self.mode else self.settings.replica_power_w),
             timestamp_s=time.time(),
+            power_mode=self.mode.name if self.mode else "",
         )
 
     def start(self) -> None:
@@ -69,12 +82,40 @@ class Heartbeat:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="heartbeat")
 
     async def _loop(self) -> None:
+        beat = 0
         while True:
             try:
+                if self.modes and beat % self.settings.mode_check_every == 0:
+                    await self.follow_mode()
                 self.publisher.publish(self.record())
             except Exception:  # a heartbeat must never take the replica down
                 log.exception("heartbeat: could not build the record")
+            beat += 1
             await asyncio.sleep(self.settings.period_s)
+
+    async def follow_mode(self) -> Mode | None:
+        """Take the mode the routing plan gives this replica's rank at its site; without a plan
+        or without Redis, keep the current one."""
+        try:
+            routing = await self.store.read_routing()
+            if routing is None or self.identity["site"] not in routing.modes:
+                return self.mode
+            live = await self.store.live_heartbeat_keys(self.identity["site"])
+        except ConnectionError:
+            return self.mode
+        me = self.store.heartbeat_key(self.record_identity())
+        mode = mode_for_replica(me, live, self.modes, routing.modes[self.identity["site"]])
+        if mode != self.mode:
+            log.info("power mode %s -> %s (%.0f W, %.0f%% throughput)", self.mode and self.mode.name, mode.name, mode.power_w, 100 * mode.throughput_fraction)
+            self.mode = mode
+            if self.on_mode is not None:
+                self.on_mode(mode)
+        return mode
+
+    def record_identity(self) -> ReplicaHeartbeat:
+        """A heartbeat carrying only this replica's identity (for its Redis key)."""
+        return ReplicaHeartbeat(**self.identity, queued_requests=0, running_requests=0, queued_prefill_tokens=0,
+                                free_kv_blocks=0, total_kv_blocks=0, tokens_per_s=0.0, busy_fraction=0.0, power_w=0.0, timestamp_s=0.0)
 
     async def stop(self) -> None:
         if self._task is not None:

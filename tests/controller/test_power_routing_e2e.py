@@ -86,6 +86,12 @@ async def test_a_power_drop_moves_work_away_and_power_returning_brings_it_back(c
         await asyncio.sleep(1.0)
         before = await sites_since(store, start)
         assert before.get("a", 0) > 0 and before.get("b", 0) > 0, before
+        for _ in range(20):  # replicas take the planned power mode within a few heartbeats
+            modes = {h.power_mode for h in (await store.snapshot()).heartbeats}
+            if modes == {"full"}:
+                break
+            await asyncio.sleep(0.5)
+        assert modes == {"full"}, modes
 
         # Site a's wind drops: 100 W cannot run its replicas (300 W each).
         sending = asyncio.create_task(traffic(client, spec.model.name, 60))
@@ -94,6 +100,9 @@ async def test_a_power_drop_moves_work_away_and_power_returning_brings_it_back(c
         dropped_at = time.time()
         plan = await reconciler.reconcile_once()
         assert plan.target("prefill@a").desired == 0 and "power cap" in plan.target("prefill@a").reason
+        assert reconciler.routing.shares["interactive"]["a"] == 0.0  # the planner replanned at once
+        reroutes = [d for d in await store.recent_decisions() if d.kind == "reroute" and d.target == "interactive@a"]
+        assert reroutes and "power fell to 100 W" in reroutes[-1].reason
         assert set(await sending) == {200}, "a request was lost across the power drop"
         assert set(await traffic(client, spec.model.name, 20)) == {200}
         await asyncio.sleep(1.0)

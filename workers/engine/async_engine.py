@@ -62,6 +62,15 @@ class AsyncEngine:
         self._dead: BaseException | None = None
         self._window_s = stats_window_s
         self._busy: list[tuple[float, float, int]] = []  # (end time, busy seconds, tokens)
+        self._throughput_fraction = 1.0
+
+    def set_throughput_fraction(self, fraction: float) -> None:
+        """Run at this share of full speed (a power mode): after each step the loop idles for
+        as long as the step took × (1/fraction − 1). On a GPU a mode is a clock cap; on the
+        CPU, pacing the step loop keeps the mode's throughput and lowers its duty cycle."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"throughput fraction must be in (0, 1], got {fraction}")
+        self._throughput_fraction = fraction
 
     # -- public API -----------------------------------------------------------------------------
     async def generate(
@@ -183,7 +192,8 @@ class AsyncEngine:
                         queue.put_nowait(out)
                         if out.finished:
                             del self._streams[out.request_id]
-                await asyncio.sleep(0)
+                pause = (ended - started) * (1 / self._throughput_fraction - 1)
+                await asyncio.sleep(pause)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # the engine is broken: fail every stream, loudly

@@ -1,0 +1,529 @@
+"""The simulated cluster: sites with their power, pools of simulated replicas, and the
+router, autoscaler and power policies that Pavana runs — the same functions, fed from the
+simulation's state instead of Redis and Ray.
+
+- Arrivals pick a site (`router.site_router.choose_site` over the planned shares and each
+  site's power), then a replica of the entry stage (`router.replica_choice`).
+- Stages follow the topology: images go to the vision pool when there is one (otherwise a
+  colocated replica encodes them inside its iterations), prompts to prefill or colocated
+  replicas, prefilled requests to decode replicas after their KV crosses the network.
+- Every `control_interval_s` the reconcile loop builds a telemetry snapshot (heartbeats with
+  busy fraction and tokens/s over the interval, request records of the window) and plans with
+  `autoscaler.policy.plan`, then fits the plan under each site's power
+  (`autoscaler.power_cap.fit_to_power`) when power-aware. New replicas start cold.
+- Power is physical: when a site's power falls below what its replicas draw, replicas go dark
+  at once (cheaper power modes first when power-aware) and their requests are lost.
+- Optionally (`HeronPlanner`) the slow planner of `autoscaler.site_planner` places a replica
+  budget across sites by forecast power and sets each class's traffic shares.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from autoscaler.config import from_spec
+from autoscaler.policy import plan as autoscale_plan
+from autoscaler.power_cap import fit_to_power
+from autoscaler.site_planner import ClassDemand, Mode, SiteInput, best_mode_mix, plan_power
+from cluster.power_trace import SECONDS_PER_ROW, PowerTrace, power_at
+from cluster.records import ReplicaHeartbeat, RequestRecord, TelemetrySnapshot, pool_key
+from cluster.spec import ClusterSpec, ConstantPower, TracePower
+from router.replica_choice import ReplicaLoad, rank_for_decode, rank_for_prefill
+from router.site_router import SitePower, choose_site
+from simulator.cost_model import CostModel, Network
+from simulator.events import EventLoop, Kind
+from simulator.replica import BaseReplica, SimReplica, VisionReplica
+from simulator.request import SimRequest
+from simulator.workload import TraceRequest
+from workers.engine.config import EngineConfig
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    cold_start_s: float = 30.0
+    control_interval_s: float = 5.0
+    autoscale: bool = True
+    power_aware: bool = True  # fit pools under power, downclock before going dark, skip overdrawn sites
+    routing: str = "planned"  # planned: site router over shares; least_loaded: any site's least-loaded replica
+    power_interval_s: float = 60.0  # how often a trace-powered site's power is re-read
+    ride_through_s: float = 30.0  # a site's battery carries an overdraw this long, then replicas go dark
+    sample_interval_s: float = 10.0
+    backlog_timeout_s: float = 120.0  # a request waiting this long for any replica of its stage fails
+    tokens_per_image: int = 576
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = False  # traces carry no token contents to share
+    autoscaler_overrides: dict = field(default_factory=dict)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class HeronPlanner:
+    """The slow timescale: each interval place `budget` colocated replicas across sites where the
+    forecast (persistence: the power now) affords the most, and plan shares by the LP."""
+
+    budget: int
+    interval_s: float
+
+
+@dataclass(slots=True)
+class SiteState:
+    name: str
+    latency_s: float
+    modes: tuple[Mode, ...]
+    max_replicas: int
+    power_fn: Callable[[float], float]
+    available_w: float = math.inf
+    replicas: dict[str, list[BaseReplica]] = field(default_factory=lambda: defaultdict(list))
+
+    def alive(self, pool: str | None = None) -> list[BaseReplica]:
+        pools = [pool] if pool else list(self.replicas)
+        return [r for p in pools for r in self.replicas.get(p, ()) if r.alive]
+
+    @property
+    def drawn_w(self) -> float:
+        return sum(r.power_w for r in self.alive())
+
+
+class SimCluster:
+    def __init__(self, spec: ClusterSpec, cost: CostModel, network: Network, options: SimOptions = SimOptions(),
+                 heron: HeronPlanner | None = None) -> None:
+        self.spec = spec
+        self.cost = cost
+        self.network = network
+        self.options = options
+        self.heron = heron
+        self.loop = EventLoop()
+        self.rng = np.random.default_rng(options.seed)
+        e = spec.engine
+        max_len = options.max_model_len or spec.model.max_model_len
+        self.max_model_len = max_len or e.num_kv_blocks * e.block_size
+        self.engine_configs = {
+            stage: EngineConfig(policy=e.policy, mode="colocated" if stage == "colocated" else stage, chunk_size=e.chunk_size,
+                                max_num_seqs=e.max_num_seqs, block_size=e.block_size, num_kv_blocks=e.num_kv_blocks,
+                                enable_prefix_caching=options.enable_prefix_caching)
+            for stage in ("colocated", "prefill", "decode")
+        }
+        self.sites: dict[str, SiteState] = {s.name: self._site_state(s) for s in spec.sites}
+        self.pools = dict(spec.pools)
+        self.entry_pool = "colocated" if spec.topology == "colocated" else "prefill"
+        self.required_stages = frozenset({"colocated"} if spec.topology == "colocated" else {"prefill", "decode"})
+        self.autoscaler_config = from_spec(spec, **options.autoscaler_overrides)
+        self.shares: dict[str, dict[str, float]] = {c.name: {s: 1.0 for s in self.sites} for c in spec.qos_classes}
+        self.requests: list[SimRequest] = []
+        self.backlog: dict[tuple[str, str], deque[SimRequest]] = defaultdict(deque)
+        self.records: deque[RequestRecord] = deque()
+        self.last_change: dict[str, float] = {}
+        self.samples: list[dict] = []
+        self.decisions: list[dict] = []
+        self.replica_seconds: dict[str, float] = defaultdict(float)
+        self.energy_j: dict[str, float] = defaultdict(float)
+        self.power_cuts = 0
+        self._ids = 0
+        self._outstanding = 0
+        self._arrivals_left = 0
+        self._last_sample = 0.0
+        self._last_control = 0.0
+        self._arrived_by_class: dict[str, list[SimRequest]] = defaultdict(list)
+        self._all_replicas: list[BaseReplica] = []
+        self._done = False
+        self._cut_pending: set[str] = set()
+        for site in self.sites.values():
+            site.available_w = site.power_fn(0.0)
+            for name, pool in self.pools.items():
+                for _ in range(pool.initial_replicas):
+                    self._start_replica(name, site, cold=False)
+        self._enforce_power_all()
+
+    # -- construction ---------------------------------------------------------------------------------
+    def _site_state(self, s) -> SiteState:
+        modes = tuple(Mode(m.name, m.power_w, m.throughput_fraction) for m in s.power_modes)
+        if isinstance(s.power, ConstantPower):
+            watts = s.power.power_w
+            fn = lambda t, w=watts: w  # noqa: E731
+        elif isinstance(s.power, TracePower):
+            trace = PowerTrace.from_csv(s.power.path, s.power.column)
+            start, speed, scale = trace.start_index(s.power.start), s.power.speed, s.power.scale_w
+            fn = lambda t: power_at(trace, start_index=start, speed=speed, scale_w=scale, elapsed_s=t)  # noqa: E731
+        else:
+            raise ValueError(f"sites.{s.name}.power: the simulator replays constant or trace power, not {s.power.kind!r}")
+        return SiteState(s.name, s.latency_ms / 1e3, modes, s.max_replicas, fn)
+
+    def _start_replica(self, pool: str, site: SiteState, *, cold: bool) -> BaseReplica:
+        self._ids += 1
+        stage = self.pools[pool].stage
+        mode = max(site.modes, key=lambda m: m.throughput_fraction)
+        common = dict(replica_id=f"{pool}@{site.name}#{self._ids}", stage=stage, site=site.name, loop=self.loop,
+                      cost=self.cost, sink=self, power_w=mode.power_w, speed=mode.throughput_fraction,
+                      started_s=self.loop.now, ready=not cold)
+        if stage == "vision":
+            replica: BaseReplica = VisionReplica(**common)
+        else:
+            replica = SimReplica(**common, engine=self.engine_configs[stage], max_model_len=self.max_model_len,
+                                 encodes_images="vision" not in self.pools)
+        site.replicas[pool].append(replica)
+        self._all_replicas.append(replica)
+        if cold:
+            self.loop.after(self.options.cold_start_s, Kind.SCALE, self._ready, replica)
+        return replica
+
+    def _ready(self, replica: BaseReplica) -> None:
+        if not replica.alive:
+            return
+        replica.ready = True
+        pool = self._pool_of(replica)
+        self._flush_backlog(pool, replica.site)
+        replica._kick()
+
+    def _pool_of(self, replica: BaseReplica) -> str:
+        return next(name for name, p in self.pools.items() if p.stage == replica.stage)
+
+    # -- running ---------------------------------------------------------------------------------------
+    def run(self, trace: Sequence[TraceRequest], *, drain_s: float = 900.0,
+            on_advance: Callable[[float], None] | None = None) -> list[SimRequest]:
+        """Replay the trace; stop when every request has finished (or `drain_s` after the last arrival)."""
+        self._arrivals_left = len(trace)
+        for t in trace:
+            self.loop.at(t.arrival_s, Kind.ARRIVAL, self._arrive, t)
+        self._outstanding = len(trace)
+        self.loop.at(0.0, Kind.CONTROL, self._control)
+        self.loop.at(0.0, Kind.SAMPLE, self._sample)
+        if any(not isinstance(s.power, ConstantPower) for s in self.spec.sites):
+            self.loop.at(0.0, Kind.POWER, self._power_tick)
+        if self.heron:
+            self.loop.at(0.0, Kind.CONTROL, self._heron_tick)
+        end = (trace[-1].arrival_s if trace else 0.0) + drain_s
+        self.loop.run(end, on_advance)
+        self._sample()
+        for req in self.requests:
+            if req.outcome is None:
+                req.outcome, req.reason = "unfinished", f"still running {drain_s:g} s after the last arrival"
+        return self.requests
+
+    def _check_done(self) -> None:
+        self._done = self._arrivals_left == 0 and self._outstanding == 0
+
+    # -- arrivals and routing ------------------------------------------------------------------------
+    def _arrive(self, t: TraceRequest) -> None:
+        self._arrivals_left -= 1
+        req = SimRequest(t, image_tokens=t.num_images * self.options.tokens_per_image)
+        self.requests.append(req)
+        self._arrived_by_class[t.qos_class].append(req)
+        if req.prompt_tokens + t.output_tokens > self.max_model_len:
+            return self._fail(req, "rejected", f"{req.prompt_tokens} + {t.output_tokens} tokens exceed the context of {self.max_model_len}")
+        site = self._choose_site(req)
+        if site is None:
+            return self._fail(req, "rejected", "no site has power for new work")
+        req.site = site.name
+        req.net_s = 2 * site.latency_s
+        if t.num_images and "vision" in self.pools:
+            self._route("vision", site, req)
+        else:
+            self._route(self.entry_pool, site, req)
+
+    def _choose_site(self, req: SimRequest) -> SiteState | None:
+        if len(self.sites) == 1:
+            site = next(iter(self.sites.values()))
+            return site if site.alive() or site.available_w > 0 else None
+        if self.options.routing == "least_loaded":
+            return self._least_loaded_site()
+        power = {name: SitePower(s.available_w, s.drawn_w, s.latency_s * 1e3) for name, s in self.sites.items()
+                 if s.alive(self.entry_pool)}
+        choice = choose_site(req.trace.qos_class, self.shares, power, float(self.rng.random()))
+        return self.sites[choice.site] if choice.site else None
+
+    def _least_loaded_site(self) -> SiteState | None:
+        """Power-oblivious: the least-loaded accepting replica of the entry pool, at any site."""
+        replicas = [r for s in self.sites.values() for r in s.alive(self.entry_pool) if r.accepting]
+        if not replicas:
+            return None
+        best = min(replicas, key=lambda r: (r.queued_prefill_tokens, r.num_requests, r.replica_id))
+        return self.sites[best.site]
+
+    def _route(self, pool: str, site: SiteState, req: SimRequest) -> None:
+        replicas = [r for r in site.replicas.get(pool, ()) if r.accepting]
+        if not replicas:
+            if not site.alive(pool):
+                return self._fail(req, "failed", f"no {pool} replica at {site.name}")
+            self.backlog[(pool, site.name)].append(req)  # replicas are starting: the router's queue holds it
+            return
+        stage = self.pools[pool].stage
+        if stage == "vision":
+            replica = min(replicas, key=lambda r: (r.queued_images, r.replica_id))
+        else:
+            replica = self._rank_prefill(replicas, req)
+            if not replica.fits(req):
+                return self._fail(req, "rejected", "prompt does not fit the replica's context")
+        req.stages.append(stage)
+        replica.add(req)
+
+    def _rank_prefill(self, replicas: list[BaseReplica], req: SimRequest) -> SimReplica:
+        loads = [ReplicaLoad(r.replica_id, r.queued_prefill_tokens, r.num_running, r.num_waiting,
+                             r.block_manager.num_free_blocks, r.block_manager.num_blocks) for r in replicas]
+        e = self.spec.engine
+        best = rank_for_prefill(loads, (), req.prompt_tokens, affinity_tokens_per_block=e.block_size,
+                                block_size=e.block_size, imbalance_tokens=4 * e.chunk_size)[0]
+        return next(r for r in replicas if r.replica_id == best)
+
+    def _flush_backlog(self, pool: str, site_name: str) -> None:
+        queue = self.backlog.get((pool, site_name))
+        while queue:
+            req = queue.popleft()
+            if req.outcome is None:
+                self._route(pool, self.sites[site_name], req)
+
+    # -- what replicas report -------------------------------------------------------------------------
+    def on_token(self, req: SimRequest, now_s: float) -> None:
+        req.token(now_s)
+
+    def on_finished(self, req: SimRequest, now_s: float, replica: BaseReplica) -> None:
+        req.finish_s = now_s
+        req.outcome = "ok"
+        self._record(req)
+        self._outstanding -= 1
+        self._check_done()
+
+    def on_encoded(self, req: SimRequest, now_s: float, replica: BaseReplica) -> None:
+        self._route(self.entry_pool, self.sites[replica.site], req)
+
+    def on_handoff(self, req: SimRequest, now_s: float, replica: BaseReplica) -> None:
+        site = self.sites[replica.site]
+        target = self._decode_site(site)
+        if target is None:
+            return self._fail(req, "failed", f"no decode replica for the hand-off from {site.name}")
+        same = target is site
+        extra = abs(target.latency_s - site.latency_s) if not same else 0.0
+        delay = self.network.transfer_time(self.cost.kv_bytes_per_token * req.prompt_tokens, same, extra)
+        self.loop.after(delay, Kind.HANDOFF, self._deliver, req, target)
+
+    def _decode_site(self, site: SiteState) -> SiteState | None:
+        """The prefill's own site when it has decode replicas; else the nearest that has."""
+        if site.alive("decode"):
+            return site
+        others = sorted((s for s in self.sites.values() if s.alive("decode")), key=lambda s: abs(s.latency_s - site.latency_s))
+        return others[0] if others else None
+
+    def _deliver(self, req: SimRequest, site: SiteState) -> None:
+        if req.outcome is not None:
+            return
+        replicas = [r for r in site.replicas.get("decode", ()) if r.accepting]
+        if not replicas:
+            if site.alive("decode"):
+                self.backlog[("decode", site.name)].append(req)
+                return
+            return self._fail(req, "failed", f"decode replicas at {site.name} went away during the hand-off")
+        loads = [ReplicaLoad(r.replica_id, r.queued_prefill_tokens, r.num_running, r.num_waiting,
+                             r.block_manager.num_free_blocks, r.block_manager.num_blocks) for r in replicas]
+        best = rank_for_decode(loads, req.prompt_tokens + req.trace.output_tokens, block_size=self.spec.engine.block_size)[0]
+        replica = next(r for r in replicas if r.replica_id == best)
+        req.stages.append("decode")
+        replica.add_handoff(req)
+
+    def on_idle(self, replica: BaseReplica) -> None:
+        if replica.draining and replica.num_requests == 0 and not replica.busy:
+            replica.alive = False
+
+    def _fail(self, req: SimRequest, outcome: str, reason: str) -> None:
+        req.outcome, req.reason = outcome, reason
+        req.finish_s = self.loop.now
+        self._record(req)
+        self._outstanding -= 1
+        self._check_done()
+
+    def _record(self, req: SimRequest) -> None:
+        gaps = req.gaps
+        p50 = float(np.percentile(gaps, 50)) if gaps else None
+        p99 = float(np.percentile(gaps, 99)) if gaps else None
+        outcome = {"ok": "ok", "rejected": "rejected"}.get(req.outcome, "error")
+        self.records.append(RequestRecord(req.request_id, req.trace.qos_class, req.site or "", ">".join(req.stages),
+                                          req.ttft_s, p50, p99, req.prompt_tokens, req.tokens, outcome, self.loop.now,
+                                          req.trace.num_images))
+
+    # -- the reconcile loop -----------------------------------------------------------------------------
+    def _control(self) -> None:
+        now = self.loop.now
+        interval = max(now - self._last_control, 1e-9)
+        self._last_control = now
+        window = self.autoscaler_config.request_window_s
+        while self.records and self.records[0].timestamp_s <= now - window:
+            self.records.popleft()
+        self._expire_backlog(now)
+        heartbeats = []
+        for site in self.sites.values():
+            for pool, replicas in site.replicas.items():
+                for r in replicas:
+                    if not (r.alive and r.ready):
+                        continue
+                    heartbeats.append(self._heartbeat(pool, r, interval, now))
+        if self.options.autoscale:
+            snapshot = TelemetrySnapshot(tuple(heartbeats), tuple(self.records), taken_at_s=now)
+            current = {pool_key(p, s.name): self._count(s, p) for s in self.sites.values() for p in self.pools}
+            plan = autoscale_plan(snapshot, self.autoscaler_config, current, now, self.last_change)
+            if self.options.power_aware:
+                plan = fit_to_power(plan, self._site_inputs(), self.required_stages)
+            for target in plan.targets:
+                if target.desired != target.current:
+                    self.decisions.append({"t": now, "target": target.key, "from": target.current, "to": target.desired,
+                                           "reason": target.reason})
+                    self._resize(target.pool, self.sites[target.site], target.desired)
+                    self.last_change[target.key] = now
+            if self.options.power_aware:
+                for site in self.sites.values():
+                    self._assign_modes(site)
+        self._compact()
+        if not self._done:
+            self.loop.after(self.options.control_interval_s, Kind.CONTROL, self._control)
+
+    def _heartbeat(self, pool: str, r: BaseReplica, interval: float, now: float) -> ReplicaHeartbeat:
+        busy = min(1.0, r.acct.busy_s / interval)
+        if isinstance(r, SimReplica):
+            hb = ReplicaHeartbeat(pool, r.stage, r.site, r.replica_id, r.num_waiting, r.num_running, r.queued_prefill_tokens,
+                                  r.block_manager.num_free_blocks, r.block_manager.num_blocks, r.acct.tokens / interval,
+                                  busy, r.power_w, now)
+        else:
+            hb = ReplicaHeartbeat(pool, r.stage, r.site, r.replica_id, r.num_requests, int(r.busy), 0, 0, 0,
+                                  r.acct.images / interval, busy, r.power_w, now)
+        r.acct.busy_s = r.acct.tokens = r.acct.images = r.acct.iterations = 0
+        return hb
+
+    def _count(self, site: SiteState, pool: str) -> int:
+        return sum(1 for r in site.replicas.get(pool, ()) if r.alive and not r.draining)
+
+    def _site_inputs(self) -> dict[str, SiteInput]:
+        return {s.name: SiteInput(s.name, s.available_w, s.modes, s.max_replicas, s.latency_s * 1e3) for s in self.sites.values()}
+
+    def _resize(self, pool: str, site: SiteState, desired: int) -> None:
+        active = [r for r in site.replicas.get(pool, ()) if r.alive and not r.draining]
+        for _ in range(desired - len(active)):
+            self._start_replica(pool, site, cold=True)
+        if desired < len(active):
+            # Drain the least loaded first; one still starting holds no work at all.
+            for r in sorted(active, key=lambda r: (r.ready, r.num_requests, r.replica_id))[: len(active) - desired]:
+                r.draining = True
+                if r.num_requests == 0 and not r.busy:
+                    r.alive = False
+
+    def _expire_backlog(self, now: float) -> None:
+        for (pool, site_name), queue in self.backlog.items():
+            while queue and (queue[0].outcome is not None or now - queue[0].arrival_s > self.options.backlog_timeout_s):
+                req = queue.popleft()
+                if req.outcome is None:
+                    self._fail(req, "failed", f"waited over {self.options.backlog_timeout_s:g} s for a {pool} replica")
+            if queue and not self.sites[site_name].alive(pool):
+                while queue:
+                    req = queue.popleft()
+                    if req.outcome is None:
+                        self._fail(req, "failed", f"no {pool} replica left at {site_name}")
+
+    def _compact(self) -> None:
+        for site in self.sites.values():
+            for pool, replicas in site.replicas.items():
+                if any(not r.alive for r in replicas):
+                    site.replicas[pool] = [r for r in replicas if r.alive]
+
+    # -- power ---------------------------------------------------------------------------------------------
+    def _power_tick(self) -> None:
+        """Re-read each site's power. Power-aware, the clock knob acts at once; what is still
+        overdrawn rides on the site's battery for `ride_through_s`, then goes dark. Meanwhile the
+        site router sees the site overdrawn and sends it nothing new."""
+        for site in self.sites.values():
+            site.available_w = site.power_fn(self.loop.now)
+            if self.options.power_aware:
+                self._assign_modes(site)
+            if site.drawn_w > site.available_w + 1e-9 and site.name not in self._cut_pending:
+                self._cut_pending.add(site.name)
+                self.loop.after(self.options.ride_through_s, Kind.POWER, self._cut, site)
+        if not self._done:
+            self.loop.after(self.options.power_interval_s, Kind.POWER, self._power_tick)
+
+    def _cut(self, site: SiteState) -> None:
+        self._cut_pending.discard(site.name)
+        site.available_w = site.power_fn(self.loop.now)
+        self._enforce_power(site)
+
+    def _enforce_power_all(self) -> None:
+        for site in self.sites.values():
+            self._enforce_power(site)
+
+    def _enforce_power(self, site: SiteState) -> None:
+        if self.options.power_aware:
+            self._assign_modes(site)
+        while site.drawn_w > site.available_w + 1e-9 and site.alive():
+            victim = max(site.alive(), key=lambda r: (r.started_s, r.replica_id))  # newest goes dark first
+            self.power_cuts += 1
+            for req in victim.kill():
+                if req.outcome is None:
+                    self._fail(req, "failed", f"power cut at {site.name}")
+
+    def _assign_modes(self, site: SiteState) -> None:
+        """Power-aware: run the site's replicas in the best mode mix its power affords now (the
+        clock knob); replicas beyond it stay at the cheapest mode and the cut takes them."""
+        alive = sorted(site.alive(), key=lambda r: r.started_s)
+        if not alive:
+            return
+        counts, _, _ = best_mode_mix(SiteInput(site.name, site.available_w, site.modes, len(alive)))
+        modes = [m for m in sorted(site.modes, key=lambda m: -m.throughput_fraction) for _ in range(counts[m.name])]
+        cheapest = min(site.modes, key=lambda m: m.power_w)
+        for r, mode in zip(alive, modes + [cheapest] * (len(alive) - len(modes))):
+            r.power_w, r.speed = mode.power_w, mode.throughput_fraction
+
+    # -- the slow planner (Heron) -------------------------------------------------------------------------
+    def _heron_tick(self) -> None:
+        now = self.loop.now
+        interval = self.heron.interval_s
+        forecast = {name: s.power_fn(now) for name, s in self.sites.items()}  # persistence
+        affordable = {n: sum(best_mode_mix(SiteInput(n, forecast[n], s.modes, s.max_replicas))[0].values())
+                      for n, s in self.sites.items()}
+        caps, left = {}, self.heron.budget
+        for name in sorted(self.sites, key=lambda n: (-affordable[n], self.sites[n].latency_s)):
+            caps[name] = min(affordable[name], left)
+            left -= caps[name]
+        demands = []
+        for c in self.spec.qos_classes:
+            recent = [r for r in self._arrived_by_class[c.name] if r.arrival_s > now - interval]
+            rate = len(recent) / interval if now > 0 else 1.0
+            cost = float(np.mean([self._replica_seconds(r) for r in recent])) if recent else 1.0
+            demands.append(ClassDemand(c.name, max(rate, 1e-3), cost, weight=1.0 / (1 + c.priority)))
+        self._arrived_by_class.clear()
+        sites = [SiteInput(n, forecast[n], s.modes, caps[n], s.latency_s * 1e3) for n, s in self.sites.items()]
+        plan = plan_power(sites, demands)
+        self.shares = {c: dict(v) for c, v in plan.shares.items()}
+        for sp in plan.sites:
+            desired = max(sum(sp.replicas.values()), 1 if caps[sp.site] else 0)
+            self._resize(self.entry_pool, self.sites[sp.site], desired)
+        self.decisions.append({"t": now, "target": "heron", "shares": self.shares,
+                               "replicas": {sp.site: sp.replicas for sp in plan.sites}})
+        if not self._done:
+            self.loop.after(interval, Kind.CONTROL, self._heron_tick)
+
+    def _replica_seconds(self, req: SimRequest) -> float:
+        from simulator.cost_model import BatchShape
+
+        p = req.prompt_tokens
+        prefill = self.cost.batch_time(BatchShape(p, 0, p * (p + 1) / 2, 0, 1))
+        per_token = self.cost.batch_time(BatchShape(0, 32, 0, 32 * (p + 100), 32)) / 32
+        return prefill + req.trace.output_tokens * per_token
+
+    # -- metrics over time ----------------------------------------------------------------------------------
+    def _sample(self) -> None:
+        now = self.loop.now
+        dt = now - self._last_sample
+        self._last_sample = now
+        row = {"t": now}
+        for name, site in self.sites.items():
+            alive = site.alive()
+            self.replica_seconds[name] += dt * len(alive)
+            self.energy_j[name] += dt * site.drawn_w
+            row[name] = {"replicas": {p: sum(1 for r in rs if r.alive) for p, rs in site.replicas.items()},
+                         "available_w": site.available_w if math.isfinite(site.available_w) else None,
+                         "drawn_w": site.drawn_w}
+        self.samples.append(row)
+        if not self._done:
+            self.loop.after(self.options.sample_interval_s, Kind.SAMPLE, self._sample)
+
+    def all_replicas(self) -> list[BaseReplica]:
+        return list(self._all_replicas)

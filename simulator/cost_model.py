@@ -1,0 +1,321 @@
+"""How long a batch takes: the one thing the simulator predicts instead of running.
+
+A batch is reduced to its shape (`BatchShape`): prefill tokens, decode tokens, and the
+context they attend to. Two cost models read it:
+
+- `LinearCostModel`: least squares over profiles of Pavana's own engine on this machine
+  (`pavana profile`): time = a + b·prefill tokens + c·decode tokens + d·attended context.
+- `GpuCostModel`: Vidur's published per-operator GPU profiles (shared data) for the
+  token-level operators, which dominate a 7–8B model's step, and an analytic attention term,
+  since the attention kernel profiles are not among the shared data: prefill attention as
+  FLOPs at a stated efficiency of the GPU's peak, decode attention as KV bytes read at a
+  stated efficiency of its memory bandwidth.
+
+Both also give the cost of encoding images and the KV bytes per token a prefill→decode
+hand-off moves; `Network` turns bytes into transfer time within and between sites.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from workers.engine.scheduler import ScheduledBatch
+
+PROFILES = Path(__file__).resolve().parents[2] / "shared" / "data" / "profiles"
+
+
+class CostModelError(ValueError):
+    """Profiles or settings a cost model cannot be built from."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchShape:
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+    prefill_attended: float = 0.0  # Σ over prefill tokens of the positions each attends to
+    decode_context: float = 0.0  # Σ over decodes of their context length
+    num_seqs: int = 0
+
+    @property
+    def attended(self) -> float:
+        return self.prefill_attended + self.decode_context
+
+
+def shape_of(batch: ScheduledBatch) -> BatchShape:
+    p = d = 0
+    pa = dc = 0.0
+    for c in batch.chunks:
+        if c.is_decode:
+            d += 1
+            dc += c.start + 1
+        else:
+            n = c.num_tokens
+            p += n
+            pa += n * c.start + n * (n + 1) / 2
+    return BatchShape(p, d, pa, dc, len(batch.chunks))
+
+
+class CostModel(Protocol):
+    name: str
+    kv_bytes_per_token: float
+
+    def batch_time(self, shape: BatchShape) -> float: ...
+    def encode_time(self, num_images: int) -> float: ...
+
+
+# -- fitted from profiles of the real engine -------------------------------------------------------
+FEATURES = ("prefill_tokens", "decode_tokens", "attended")
+
+
+def design_matrix(shapes: list[BatchShape]) -> np.ndarray:
+    return np.array([[1.0, s.prefill_tokens, s.decode_tokens, s.attended] for s in shapes], dtype=float)
+
+
+@dataclass(frozen=True, slots=True)
+class LinearCostModel:
+    """time = intercept + per_prefill_token·p + per_decode_token·d + per_attended·a (seconds)."""
+
+    intercept: float
+    per_prefill_token: float
+    per_decode_token: float
+    per_attended: float
+    encode_s_per_image: float = 0.015  # stated: the README's vision benchmark, ~68 images/s on 2 cores
+    kv_bytes_per_token: float = 0.0
+    name: str = "fitted"
+    r2: float = float("nan")
+    max_relative_error: float = float("nan")
+
+    def batch_time(self, shape: BatchShape) -> float:
+        t = (self.intercept + self.per_prefill_token * shape.prefill_tokens
+             + self.per_decode_token * shape.decode_tokens + self.per_attended * shape.attended)
+        return max(t, 1e-6)
+
+    def encode_time(self, num_images: int) -> float:
+        return self.encode_s_per_image * num_images
+
+    @classmethod
+    def fit(cls, shapes: list[BatchShape], seconds: list[float], **kwargs) -> LinearCostModel:
+        if len(shapes) != len(seconds):
+            raise CostModelError(f"fit: {len(shapes)} shapes but {len(seconds)} times")
+        if len(shapes) < len(FEATURES) + 1:
+            raise CostModelError(f"fit: need at least {len(FEATURES) + 1} profiled batches, got {len(shapes)}")
+        x = design_matrix(shapes)
+        y = np.asarray(seconds, dtype=float)
+        if not np.all(np.isfinite(y)) or np.any(y < 0):
+            raise CostModelError("fit: times must be finite and >= 0")
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        pred = x @ coef
+        ss_res = float(np.sum((y - pred) ** 2))
+        ss_tot = float(np.sum((y - y.mean()) ** 2)) or 1.0
+        rel = float(np.max(np.abs(pred - y) / np.maximum(y, 1e-9)))
+        return cls(*map(float, coef), r2=1 - ss_res / ss_tot, max_relative_error=rel, **kwargs)
+
+    @classmethod
+    def from_profile_csv(cls, path: str | Path, **kwargs) -> LinearCostModel:
+        shapes, seconds, meta = read_profile_csv(path)
+        kwargs.setdefault("kv_bytes_per_token", meta.get("kv_bytes_per_token", 0.0))
+        return cls.fit(shapes, seconds, **kwargs)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILE_COLUMNS = ("prefill_tokens", "decode_tokens", "prefill_attended", "decode_context", "num_seqs", "seconds")
+
+
+def read_profile_csv(path: str | Path) -> tuple[list[BatchShape], list[float], dict[str, float]]:
+    """Rows written by `pavana profile`; a `# key=value` first line carries model facts."""
+    path = Path(path)
+    if not path.is_file():
+        raise CostModelError(f"profile: no file at {path}")
+    meta: dict[str, float] = {}
+    with path.open(newline="") as f:
+        lines = f.read().splitlines()
+    while lines and lines[0].startswith("#"):
+        for item in lines.pop(0).lstrip("# ").split():
+            key, _, value = item.partition("=")
+            try:
+                meta[key] = float(value)
+            except ValueError:
+                pass
+    reader = csv.DictReader(lines)
+    missing = [c for c in PROFILE_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise CostModelError(f"profile {path.name}: missing columns {missing}")
+    shapes, seconds = [], []
+    for line, row in enumerate(reader, start=2):
+        try:
+            shapes.append(BatchShape(int(row["prefill_tokens"]), int(row["decode_tokens"]), float(row["prefill_attended"]),
+                                     float(row["decode_context"]), int(row["num_seqs"])))
+            seconds.append(float(row["seconds"]))
+        except (TypeError, ValueError):
+            raise CostModelError(f"profile {path.name}, row {line}: not a number in {row}") from None
+    return shapes, seconds, meta
+
+
+# -- from published GPU operator profiles -------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Gpu:
+    """Stated figures of one GPU (SXM, dense bf16) and of the work around a step."""
+
+    name: str
+    peak_flops: float
+    memory_bw: float  # bytes/s
+    encode_s_per_image: float  # a LLaVA-1.5 CLIP ViT-L/336 image, preprocessing included
+    prefill_attention_efficiency: float = 0.5  # share of peak FLOPs prefill attention reaches
+    decode_attention_efficiency: float = 0.7  # share of memory bandwidth decode attention reaches
+    step_overhead_s: float = 0.002  # scheduling, sampling, launch overhead of one iteration
+
+
+GPUS = {
+    "a100": Gpu("a100", 312e12, 2.039e12, 0.020),
+    "h100": Gpu("h100", 989e12, 3.35e12, 0.012),
+}
+MODELS = {"llama2-7b": "Llama-2-7b-hf", "llama3-8b": "Meta-Llama-3-8B"}
+OPS = ("input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj", "post_attention_layernorm",
+       "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
+
+
+@dataclass(frozen=True)
+class GpuCostModel:
+    """Token-level operators interpolated from Vidur's profiles (median ms by number of tokens,
+    per layer, at the chosen tensor-parallel degree), times the layer count, plus attention
+    analytically and a fixed per-step overhead."""
+
+    name: str
+    gpu: Gpu
+    num_layers: int
+    n_head: int
+    n_kv_head: int
+    n_embd: int
+    vocab_size: int
+    tp: int
+    tokens: np.ndarray  # profiled token counts
+    layer_s: np.ndarray  # seconds of one layer's token-level operators at each count
+    emb_s: np.ndarray  # embedding, once per step
+    tokens_per_image: int = 576
+
+    @classmethod
+    def from_profiles(cls, gpu: str = "a100", model: str = "llama2-7b", tp: int = 1, num_layers: int = 32,
+                      profiles_dir: Path = PROFILES) -> GpuCostModel:
+        if gpu not in GPUS:
+            raise CostModelError(f"gpu: unknown {gpu!r}; choose one of {sorted(GPUS)}")
+        if model not in MODELS:
+            raise CostModelError(f"model: unknown {model!r}; choose one of {sorted(MODELS)}")
+        path = profiles_dir / f"{gpu}_{MODELS[model]}_mlp.csv"
+        if not path.is_file():
+            raise CostModelError(f"no operator profile for {model} on {gpu} (looked for {path})")
+        with path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["num_tensor_parallel_workers"]) == tp]
+        if not rows:
+            raise CostModelError(f"{path.name}: no rows with tensor-parallel degree {tp}")
+        rows.sort(key=lambda r: int(r["num_tokens"]))
+        tokens = np.array([int(r["num_tokens"]) for r in rows], dtype=float)
+        layer = np.array([sum(float(r[f"time_stats.{op}.median"]) for op in OPS) for r in rows]) / 1e3
+        emb = np.array([float(r["time_stats.emb.median"]) for r in rows]) / 1e3
+        r0 = rows[0]
+        return cls(f"{gpu}-{model}-tp{tp}", GPUS[gpu], num_layers, int(r0["n_head"]), int(r0["n_kv_head"]),
+                   int(r0["n_embd"]), int(r0["vocab_size"]), tp, tokens, layer, emb)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        return 2.0 * self.num_layers * self.n_kv_head * self.head_dim * 2  # K and V, bf16, all layers
+
+    def _interp(self, values: np.ndarray, n: float) -> float:
+        if n <= self.tokens[-1]:
+            return float(np.interp(n, self.tokens, values))
+        # beyond the profiled range: the last segment's slope (linear in tokens there)
+        slope = (values[-1] - values[-2]) / (self.tokens[-1] - self.tokens[-2])
+        return float(values[-1] + slope * (n - self.tokens[-1]))
+
+    def batch_time(self, shape: BatchShape) -> float:
+        n = shape.prefill_tokens + shape.decode_tokens
+        if n == 0:
+            return 0.0
+        linear = self.num_layers * self._interp(self.layer_s, n) + self._interp(self.emb_s, n)
+        d_local = self.n_embd / self.tp
+        prefill_attn = 4.0 * d_local * shape.prefill_attended * self.num_layers / (
+            self.gpu.peak_flops * self.gpu.prefill_attention_efficiency)
+        kv_bytes = shape.decode_context * self.kv_bytes_per_token / self.tp
+        decode_attn = kv_bytes / (self.gpu.memory_bw * self.gpu.decode_attention_efficiency)
+        sampled = shape.decode_tokens + max(0, shape.num_seqs - shape.decode_tokens)
+        lm_head = 2.0 * self.n_embd * self.vocab_size * sampled / self.tp / (self.gpu.peak_flops * 0.5)
+        return linear + prefill_attn + decode_attn + lm_head + self.gpu.step_overhead_s
+
+    def encode_time(self, num_images: int) -> float:
+        return self.gpu.encode_s_per_image * num_images
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name, "gpu": asdict(self.gpu), "layers": self.num_layers, "tp": self.tp,
+            "kv_bytes_per_token": self.kv_bytes_per_token, "tokens_per_image": self.tokens_per_image,
+            "source": "Vidur operator profiles (shared data) + analytic attention",
+        }
+
+
+# -- moving KV between replicas ------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Network:
+    """Transfer time of a hand-off: a fixed latency plus bytes over bandwidth, within a site
+    (between nodes) and between sites (plus the sites' network latency from the spec)."""
+
+    within_site_latency_s: float
+    within_site_bytes_per_s: float
+    between_sites_bytes_per_s: float
+
+    def transfer_time(self, num_bytes: float, same_site: bool, extra_latency_s: float = 0.0) -> float:
+        if num_bytes < 0:
+            raise ValueError(f"bytes: must be >= 0, got {num_bytes}")
+        bw = self.within_site_bytes_per_s if same_site else self.between_sites_bytes_per_s
+        return self.within_site_latency_s + num_bytes / bw + (0.0 if same_site else extra_latency_s)
+
+    @classmethod
+    def from_profile(cls, gpu: str = "h100", between_sites_gbit_s: float = 100.0, profiles_dir: Path = PROFILES) -> Network:
+        """Between nodes of a site: a line fitted to Vidur's send/recv profile across nodes
+        (one device per node); between sites: a stated WAN bandwidth."""
+        path = profiles_dir / f"{gpu}_dgx_send_recv.csv"
+        if not path.is_file():
+            raise CostModelError(f"no send/recv profile for {gpu} (looked for {path})")
+        with path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["devices_per_node"] == "1"]
+        size = np.array([float(r["size"]) for r in rows])
+        ms = np.array([float(r["time_stats.send_recv.median"]) for r in rows])
+        slope, intercept = np.polyfit(size, ms / 1e3, 1)
+        return cls(max(0.0, float(intercept)), 1.0 / float(slope), between_sites_gbit_s * 1e9 / 8)
+
+
+# Pavana's CPU replicas hand KV over through Ray's object store (stated: ~2 GB/s within a
+# machine or site, 1 ms per transfer; 1 Gbit/s between sites).
+CPU_NETWORK = Network(0.001, 2e9, 1e9 / 8)
+
+
+def load_cost_model(text: str) -> CostModel:
+    """'gpu:a100', 'gpu:h100:llama3-8b', or a profile CSV / fitted JSON path."""
+    if text.startswith("gpu:"):
+        parts = text.split(":")[1:]
+        return GpuCostModel.from_profiles(parts[0], parts[1] if len(parts) > 1 else "llama2-7b")
+    path = Path(text)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise CostModelError(f"cost model: no file at {path}")
+        data = json.loads(path.read_text())
+        try:
+            return LinearCostModel(**{k: v for k, v in data.items() if k in LinearCostModel.__dataclass_fields__})
+        except TypeError as exc:
+            raise CostModelError(f"cost model {path.name}: {exc}") from None
+    return LinearCostModel.from_profile_csv(path)
+
+
+def is_finite_model(model: CostModel) -> bool:
+    return math.isfinite(model.batch_time(BatchShape(1, 1, 1.0, 1.0, 2)))

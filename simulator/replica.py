@@ -1,0 +1,303 @@
+"""A simulated replica: Pavana's own batch scheduler and block manager, with the forward pass
+replaced by a cost model's prediction of how long the batch takes.
+
+Each iteration is the engine's loop (`LLMEngine.step`) with time in place of torch: ask the
+scheduler for a batch, ask the cost model for its duration, and when that much simulated time
+has passed, advance the sequences exactly as the engine's postprocess does. Preemption,
+chunking, admission and KV accounting are therefore the real policies' decisions.
+
+A colocated replica without a vision pool beside it (a monolithic deployment) runs the image
+encoder inside its own iterations, so encoding stalls its decodes, as it would on one GPU.
+A `VisionReplica` is a vision-pool replica: images in, one request at a time, FIFO.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from simulator.cost_model import CostModel, shape_of
+from simulator.events import EventLoop, Kind
+from simulator.request import SimRequest
+from workers.engine.block_manager import BlockManager
+from workers.engine.config import EngineConfig
+from workers.engine.sampling import SamplingParams
+from workers.engine.scheduler import ScheduledBatch, make_scheduler
+from workers.engine.sequence import Sequence, SequenceStatus
+
+_PARAMS = SamplingParams(max_tokens=1, ignore_eos=True)  # the scheduler never reads it; lengths come from the trace
+
+
+class ReplicaSink(Protocol):
+    """What a replica tells the cluster about its requests."""
+
+    def on_token(self, req: SimRequest, now_s: float) -> None: ...
+    def on_finished(self, req: SimRequest, now_s: float, replica: BaseReplica) -> None: ...
+    def on_handoff(self, req: SimRequest, now_s: float, replica: BaseReplica) -> None: ...
+    def on_encoded(self, req: SimRequest, now_s: float, replica: BaseReplica) -> None: ...
+    def on_idle(self, replica: BaseReplica) -> None: ...
+
+
+@dataclass(slots=True)
+class Accounting:
+    """Busy time and tokens since the last heartbeat, for the autoscaler's signals."""
+
+    busy_s: float = 0.0
+    tokens: int = 0
+    images: int = 0
+    iterations: int = 0
+
+
+@dataclass(eq=False)
+class BaseReplica:
+    replica_id: str
+    stage: str  # vision | prefill | decode | colocated
+    site: str
+    loop: EventLoop
+    cost: CostModel
+    sink: ReplicaSink
+    power_w: float = 0.0
+    speed: float = 1.0  # throughput fraction of the power mode it runs in
+    started_s: float = 0.0
+    ready: bool = False  # cold start done
+    draining: bool = False  # takes no new work; removed once empty
+    alive: bool = True
+    busy: bool = False
+    acct: Accounting = field(default_factory=Accounting)
+    total: Accounting = field(default_factory=Accounting)
+    _generation: int = 0
+
+    @property
+    def accepting(self) -> bool:
+        return self.alive and self.ready and not self.draining
+
+    def kill(self) -> list[SimRequest]:
+        """Stop at once (power cut, removal); returns the requests it held, now lost."""
+        self.alive = False
+        self._generation += 1
+        return self._drop_all()
+
+    def _drop_all(self) -> list[SimRequest]:
+        raise NotImplementedError
+
+    def _account(self, duration: float, tokens: int, images: int = 0) -> None:
+        for a in (self.acct, self.total):
+            a.busy_s += duration
+            a.tokens += tokens
+            a.images += images
+            a.iterations += 1
+
+
+@dataclass(eq=False)
+class SimReplica(BaseReplica):
+    """An LLM replica: colocated, prefill-only or decode-only, by `stage`."""
+
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    max_model_len: int = 0
+    encodes_images: bool = False  # monolithic: run the vision encoder inside iterations
+
+    def __post_init__(self) -> None:
+        cfg = self.engine
+        capacity = cfg.num_kv_blocks * cfg.block_size
+        self.max_model_len = min(self.max_model_len or capacity, capacity)
+        self.block_manager = BlockManager(cfg.num_kv_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.scheduler = make_scheduler(
+            cfg.policy, self.block_manager, chunk_size=cfg.chunk_size, max_num_seqs=cfg.max_num_seqs,
+            max_model_len=self.max_model_len,
+        )
+        self.requests: dict[str, SimRequest] = {}
+        self._seqs: dict[str, Sequence] = {}
+        self._arrivals = 0
+        self._encode_queue: deque[SimRequest] = deque()
+        # Prompt tokens still to compute (waiting or mid-prefill), kept incrementally: the
+        # router reads it on every arrival, and summing the queues each time would cost more
+        # than the scheduling itself. Equal to `scheduler.queued_prefill_tokens` (tested).
+        self._queued_prefill = 0
+        self._counted: dict[str, int] = {}
+        self.last_batch: ScheduledBatch | None = None
+
+    # -- load, as routing stats and heartbeats report it ------------------------------------------
+    @property
+    def queued_prefill_tokens(self) -> int:
+        return self._queued_prefill + sum(r.prompt_tokens for r in self._encode_queue)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting) + len(self._encode_queue)
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.requests)
+
+    def fits(self, req: SimRequest) -> bool:
+        """Whether the request's prompt and output fit this replica's context (else it is rejected)."""
+        return req.prompt_tokens + req.trace.output_tokens <= self.max_model_len
+
+    # -- requests in ---------------------------------------------------------------------------------
+    def add(self, req: SimRequest) -> None:
+        """A new request (colocated or prefill stage)."""
+        self.requests[req.request_id] = req
+        if self.encodes_images and req.trace.num_images:
+            self._encode_queue.append(req)
+        else:
+            self._enqueue(req, Sequence(req.request_id, [0] * req.prompt_tokens, _PARAMS, self._next_index()))
+        self._kick()
+
+    def add_handoff(self, req: SimRequest) -> None:
+        """A prefilled request whose KV has arrived (decode stage): one token to compute."""
+        self.requests[req.request_id] = req
+        n = req.prompt_tokens
+        seq = Sequence(req.request_id, [0] * (n + 1), _PARAMS, self._next_index(), num_prompt_tokens=n,
+                       num_computed_tokens=n, pending_kv=True)
+        self._enqueue(req, seq)
+        self._kick()
+
+    def _next_index(self) -> int:
+        self._arrivals += 1
+        return self._arrivals
+
+    def _enqueue(self, req: SimRequest, seq: Sequence) -> None:
+        self._seqs[req.request_id] = seq
+        self.scheduler.add(seq)
+        self._recount(seq)
+
+    def _recount(self, seq: Sequence) -> None:
+        if seq.status is SequenceStatus.FINISHED:
+            new = 0
+        elif seq.status is SequenceStatus.WAITING or not seq.is_decoding:
+            new = seq.num_uncomputed_tokens
+        else:
+            new = 0
+        old = self._counted.get(seq.request_id, 0)
+        self._queued_prefill += new - old
+        if new:
+            self._counted[seq.request_id] = new
+        else:
+            self._counted.pop(seq.request_id, None)
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def _kick(self) -> None:
+        if self.busy or not self.alive or not self.ready:
+            return
+        encode_s, encoded = 0.0, []
+        if self._encode_queue:
+            encoded = list(self._encode_queue)
+            self._encode_queue.clear()
+            images = sum(r.trace.num_images for r in encoded)
+            encode_s = self.cost.encode_time(images)
+            for req in encoded:
+                req.stages.append("vision")
+                self._enqueue(req, Sequence(req.request_id, [0] * req.prompt_tokens, _PARAMS, self._next_index()))
+        batch = self.scheduler.schedule()
+        for rid in batch.preempted:
+            self._recount(self._seqs[rid])
+        if not batch and not encoded:
+            self.sink.on_idle(self)
+            return
+        for chunk in batch.chunks:
+            if chunk.seq.pending_kv is not None:
+                chunk.seq.pending_kv = None  # the engine writes the handed-off KV into its cache here
+        duration = (encode_s + (self.cost.batch_time(shape_of(batch)) if batch else 0.0)) / self.speed
+        self.busy = True
+        self.last_batch = batch
+        self._account(duration, batch.num_tokens, sum(r.trace.num_images for r in encoded))
+        self.loop.after(duration, Kind.COMPLETION, self._complete, batch, self._generation)
+
+    def _complete(self, batch: ScheduledBatch, generation: int) -> None:
+        if generation != self._generation:
+            return  # killed while this batch ran
+        now = self.loop.now
+        self.busy = False
+        for chunk in batch.chunks:
+            seq = chunk.seq
+            if seq.status is not SequenceStatus.RUNNING:
+                continue
+            seq.num_computed_tokens += chunk.num_tokens
+            self.block_manager.commit_full_blocks(seq)
+            if chunk.samples:
+                seq.token_ids.append(0)
+                req = self.requests[seq.request_id]
+                self.sink.on_token(req, now)
+                if seq.num_output_tokens >= req.trace.output_tokens or seq.num_tokens >= self.max_model_len:
+                    self._finish(seq, "length")
+                    self.sink.on_finished(req, now, self)
+                elif self.stage == "prefill":
+                    self._finish(seq, "handoff")
+                    self.sink.on_handoff(req, now, self)
+                    continue
+            self._recount(seq)
+        self._kick()
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        self.scheduler.finish(seq, reason)
+        self._recount(seq)
+        del self._seqs[seq.request_id]
+        del self.requests[seq.request_id]
+
+    def _drop_all(self) -> list[SimRequest]:
+        lost = list(self.requests.values())
+        for seq in list(self._seqs.values()):
+            self.scheduler.finish(seq, "abort")
+        self._seqs.clear()
+        self.requests.clear()
+        self._encode_queue.clear()
+        self._counted.clear()
+        self._queued_prefill = 0
+        self.busy = False
+        return lost
+
+
+@dataclass(eq=False)
+class VisionReplica(BaseReplica):
+    """A vision-pool replica: encodes one request's images at a time, first come first served."""
+
+    def __post_init__(self) -> None:
+        self.queue: deque[SimRequest] = deque()
+        self.current: SimRequest | None = None
+
+    @property
+    def queued_images(self) -> int:
+        return sum(r.trace.num_images for r in self.queue) + (self.current.trace.num_images if self.current else 0)
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.queue) + (self.current is not None)
+
+    def add(self, req: SimRequest) -> None:
+        self.queue.append(req)
+        self._kick()
+
+    def _kick(self) -> None:
+        if self.busy or not self.alive or not self.ready:
+            return
+        if not self.queue:
+            self.sink.on_idle(self)
+            return
+        self.current = self.queue.popleft()
+        duration = self.cost.encode_time(self.current.trace.num_images) / self.speed
+        self.busy = True
+        self._account(duration, 0, self.current.trace.num_images)
+        self.loop.after(duration, Kind.COMPLETION, self._complete, self._generation)
+
+    def _complete(self, generation: int) -> None:
+        if generation != self._generation:
+            return
+        req, self.current, self.busy = self.current, None, False
+        self.sink.on_encoded(req, self.loop.now, self)
+        self._kick()
+
+    def _drop_all(self) -> list[SimRequest]:
+        lost = list(self.queue) + ([self.current] if self.current else [])
+        self.queue.clear()
+        self.current = None
+        self.busy = False
+        return lost
+
+
+OnIdle = Callable[[BaseReplica], None]

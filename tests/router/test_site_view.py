@@ -1,0 +1,43 @@
+"""The ingress's picture of its sites, built from hand-made telemetry: only sites with every
+required stage live can take work, and shares come from the power planner's routing plan when
+there is one, else from the stage plan's sizes."""
+
+from __future__ import annotations
+
+from cluster.records import Plan, PoolTarget, ReplicaHeartbeat, RoutingPlan, SitePower, TelemetrySnapshot
+from router.site_view import build_view
+
+SITES = {"a": 0.0, "b": 5.0, "c": 9.0}
+REQUIRED = frozenset({"prefill", "decode"})
+
+
+def hb(stage: str, site: str, power_w: float = 100.0) -> ReplicaHeartbeat:
+    return ReplicaHeartbeat(pool=stage, stage=stage, site=site, replica_id=f"{stage}-{site}", queued_requests=0,
+                            running_requests=0, queued_prefill_tokens=0, free_kv_blocks=1, total_kv_blocks=1,
+                            tokens_per_s=0.0, busy_fraction=0.0, power_w=power_w, timestamp_s=0.0)
+
+
+SNAPSHOT = TelemetrySnapshot(
+    heartbeats=(hb("prefill", "a"), hb("decode", "a"), hb("prefill", "b"), hb("decode", "b"), hb("prefill", "c")),
+    site_power={"a": SitePower("a", 500.0, 0.0, "meter"), "b": SitePower("b", 150.0, 0.0, "meter")},
+)
+PLAN = Plan(targets=(PoolTarget("prefill", "a", 1, 1, ""), PoolTarget("prefill", "b", 1, 3, "")), timestamp_s=0.0)
+
+
+def test_only_sites_with_every_stage_live_are_candidates_with_their_draw():
+    view = build_view(SNAPSHOT, None, sites=SITES, classes=["interactive"], required_stages=REQUIRED)
+    assert set(view.power) == {"a", "b"}  # c has no decode replica
+    assert view.power["a"].drawn_w == 200.0 and view.power["a"].available_w == 500.0
+    assert view.power["b"].overdrawn and not view.power["b"].powered  # 150 W available, 200 W drawn
+    assert view.power["b"].latency_ms == 5.0
+    assert view.shares["interactive"] == {"a": 1.0, "b": 1.0, "c": 1.0}
+
+
+def test_shares_follow_the_routing_plan_and_fall_back_to_the_stage_plan():
+    routing = RoutingPlan(shares={"interactive": {"a": 0.25, "b": 0.75}, "batch": {"a": 0.0, "b": 0.0}},
+                          modes={}, planned_power_w={}, reasons={}, goodput_rps=0.0, timestamp_s=0.0)
+    view = build_view(SNAPSHOT, PLAN, sites=SITES, classes=["interactive", "batch", "new"], required_stages=REQUIRED, routing=routing)
+    assert view.shares["interactive"] == {"a": 0.25, "b": 0.75}
+    # No servable share for batch, and a class the planner has not seen: the stage plan's sizes.
+    assert view.shares["batch"] == {"a": 1.0, "b": 3.0}
+    assert view.shares["new"] == {"a": 1.0, "b": 3.0}
