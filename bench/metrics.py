@@ -194,15 +194,25 @@ def request_metrics(
     token_times_s: Sequence[float],
     ok: bool,
     target: SLOTarget,
+    num_output_tokens: int | None = None,
 ) -> RequestMetrics:
     """All metrics of one request against its class's targets.
 
     The SLO is met when the request succeeded, its TTFT ≤ `ttft_s` and the P99 of *its own*
     gaps ≤ `tbt_s` (a request of one token has no gaps and is judged on TTFT alone). A failed
-    request never meets its SLO, however fast its partial answer was."""
+    request never meets its SLO, however fast its partial answer was.
+
+    `token_times_s` are the times text reached the client. When the server counts more tokens
+    than it sent pieces of text (a token whose bytes end inside a character is held back and
+    sent with the next), pass its count as `num_output_tokens`: TPOT and normalised latency
+    divide by tokens, while TBT and the fluidity-index stay on what the user saw arrive."""
     times = list(token_times_s)
     gaps = tbt(times)
     first = ttft(arrival_s, times)
+    tokens = len(times) if num_output_tokens is None else num_output_tokens
+    if tokens < len(times):
+        raise ValueError(f"num_output_tokens: {tokens} is fewer than the {len(times)} pieces of text that arrived")
+    last = times[-1] if times else None
     tbt_p99 = percentile(gaps, 99) if gaps else None
     meets = ok and first is not None and first <= target.ttft_s and (tbt_p99 is None or tbt_p99 <= target.tbt_s)
     return RequestMetrics(
@@ -210,12 +220,12 @@ def request_metrics(
         qos_class=qos_class,
         arrival_s=arrival_s,
         ok=ok,
-        num_output_tokens=len(times),
+        num_output_tokens=tokens,
         ttft_s=first,
         tbt_s=gaps,
-        tpot_s=tpot(times),
+        tpot_s=(last - times[0]) / (tokens - 1) if last is not None and tokens >= 2 and len(times) >= 2 else None,
         e2e_s=end_to_end_latency(arrival_s, times),
-        normalized_latency_s=normalized_latency(arrival_s, times),
+        normalized_latency_s=(last - arrival_s) / tokens if last is not None and tokens else None,
         # A failed request served none of its deadlines as promised: its fluidity is 0.
         fluidity_index=fluidity(arrival_s, times, target).index if ok else 0.0,
         tbt_p99_s=tbt_p99,

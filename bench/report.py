@@ -22,13 +22,16 @@ from bench.records import RequestRecord
 
 
 def measure(records: Sequence[RequestRecord], targets: Mapping[str, SLOTarget]) -> list[RequestMetrics]:
-    """Metrics of each record against its class's targets; token times are the arrival times
-    of the streamed chunks that carried text."""
+    """Metrics of each record against its class's targets. Token times are the arrival times
+    of the streamed chunks that carried text; token counts are the server's (usage chunk)."""
     unknown = sorted({r.qos_class for r in records} - targets.keys())
     if unknown:
         raise ValueError(f"no SLO targets for QoS classes {unknown} (targets exist for {sorted(targets)})")
     return [
-        request_metrics(index=r.index, qos_class=r.qos_class, arrival_s=r.arrival_s, token_times_s=r.chunk_times_s, ok=r.ok, target=targets[r.qos_class])
+        request_metrics(
+            index=r.index, qos_class=r.qos_class, arrival_s=r.arrival_s, token_times_s=r.chunk_times_s, ok=r.ok,
+            target=targets[r.qos_class], num_output_tokens=max(r.usage_completion_tokens or 0, len(r.chunk_times_s)),
+        )
         for r in records
     ]
 

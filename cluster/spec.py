@@ -57,6 +57,10 @@ class QoSClass(_Model):
     priority: int = Field(0, ge=0, description="lower is more important")
     slo: SLO = SLO()
     max_queue_s: float | None = Field(None, gt=0)
+    max_in_flight: int | None = Field(None, ge=1, description="this class's requests in flight per ingress replica")
+    admit_below_load: float = Field(
+        1.0, gt=0, le=1, description="admitted only while the ingress's requests in flight are below this share of max_in_flight"
+    )
 
 
 class PowerMode(_Model):
@@ -145,7 +149,8 @@ def _default_pools() -> dict[str, PoolSpec]:
 def _default_classes() -> list[QoSClass]:
     return [
         QoSClass(name="interactive", priority=0, slo=SLO(ttft_s=1.0, tbt_s=0.1)),
-        QoSClass(name="batch", priority=1, slo=SLO(ttft_s=30.0, tbt_s=1.0)),
+        QoSClass(name="standard", priority=1, slo=SLO(ttft_s=5.0, tbt_s=0.5), admit_below_load=0.85),
+        QoSClass(name="batch", priority=2, slo=SLO(ttft_s=30.0, tbt_s=1.0), admit_below_load=0.7),
     ]
 
 
@@ -164,6 +169,10 @@ class ClusterSpec(_Model):
     redis_url: str = "redis://127.0.0.1:6379"
     telemetry_prefix: str = Field("pavana", min_length=1)
     api_keys: list[str] = Field(default_factory=list)
+    # An API key may be bound to a QoS class; a request may demote itself with the header
+    # `x-pavana-qos-class` but never claim a more important class than its key's.
+    api_key_classes: dict[str, str] = Field(default_factory=dict)
+    max_in_flight: int = Field(256, ge=1, description="requests one ingress replica admits at once, all classes together")
     # The dashboard and admin routes take this token, never an inference key; with none set
     # they are closed (`pavana up` generates one).
     operator_token: str | None = Field(None, min_length=16)
@@ -199,6 +208,11 @@ class ClusterSpec(_Model):
             raise ValueError(f"qos_classes: names must be unique, got {classes}")
         if self.default_qos_class not in classes:
             raise ValueError(f"default_qos_class: {self.default_qos_class!r} is not one of {classes}")
+        for key, qos_class in self.api_key_classes.items():
+            if qos_class not in classes:
+                raise ValueError(f"api_key_classes: class {qos_class!r} is not one of {classes}")
+            if key not in self.api_keys:
+                raise ValueError("api_key_classes: every bound key must be one of api_keys")
         if self.http_port == self.grpc_port:
             raise ValueError("grpc_port: must differ from http_port")
         return self

@@ -17,6 +17,10 @@ spec_app = typer.Typer(help="Check and show cluster specs.", no_args_is_help=Tru
 bench_app = typer.Typer(help="Benchmarks: each prints a table and writes JSON.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
 app.add_typer(bench_app, name="bench")
+from simulator.cli import profile_command, sim_app  # noqa: E402
+
+app.add_typer(sim_app, name="sim")
+app.command("profile")(profile_command)
 console = Console()
 
 SpecOption = typer.Option(None, "--spec", help="cluster spec (YAML); the embedded defaults when omitted")

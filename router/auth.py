@@ -35,10 +35,11 @@ class APIKeys:
         matches = [hmac.compare_digest(digest, known) for known in self._digests]
         return any(matches)
 
-    def check_http(self, authorization: str | None) -> None:
-        """Raise a 401 `APIError` unless the `Authorization` header carries a valid key."""
+    def check_http(self, authorization: str | None) -> str | None:
+        """Raise a 401 `APIError` unless the `Authorization` header carries a valid key; return
+        the key (None when keys are off), so that the caller can look up what it is bound to."""
         if not self.enabled:
-            return
+            return None
         if not authorization:
             raise unauthorized("Missing API key: send the header 'Authorization: Bearer <key>'.")
         scheme, _, key = authorization.partition(" ")
@@ -46,12 +47,13 @@ class APIKeys:
             raise unauthorized("Malformed Authorization header: expected 'Bearer <key>'.")
         if not self.is_valid(key.strip()):
             raise unauthorized("Incorrect API key provided.")
+        return key.strip()
 
-    def check_grpc(self, metadata: Iterable[tuple[str, str | bytes]]) -> None:
-        """Raise a 401 `APIError` (UNAUTHENTICATED) unless the metadata carries a valid key.
-        `authorization: Bearer KEY` is accepted too, for clients that send only that."""
+    def check_grpc(self, metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
+        """Raise a 401 `APIError` (UNAUTHENTICATED) unless the metadata carries a valid key, and
+        return it. `authorization: Bearer KEY` is accepted too, for clients that send only that."""
         if not self.enabled:
-            return
+            return None
         key: str | None = None
         bearer: str | None = None
         for name, value in metadata:
@@ -61,12 +63,12 @@ class APIKeys:
             elif name.lower() == "authorization":
                 bearer = value
         if key is None and bearer is not None:
-            self.check_http(bearer)
-            return
+            return self.check_http(bearer)
         if not key:
             raise unauthorized(f"Missing API key: send the metadata '{GRPC_KEY_METADATA}: <key>'.")
         if not self.is_valid(key):
             raise unauthorized("Incorrect API key provided.")
+        return key
 
 
 __all__ = ["APIError", "APIKeys", "GRPC_KEY_METADATA"]

@@ -111,8 +111,15 @@ def _format_loc(loc: list[Any]) -> str:
     return out
 
 
+# A message quotes what the client sent (a media type, a field's value); clipped, so that a
+# hostile request of megabytes is not echoed back in full.
+MAX_MESSAGE_CHARS = 2000
+
+
 def error_body(message: str, type: str, param: str | None = None, code: str | int | None = None) -> dict[str, Any]:
     """OpenAI's error body, `{"error": {"message", "type", "param", "code"}}`."""
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + f"... ({len(message) - MAX_MESSAGE_CHARS} more characters)"
     return ErrorBody(error=ErrorInfo(message=message, type=type, param=param, code=code)).model_dump()
 
 
@@ -186,6 +193,7 @@ def grpc_code_name(status: int) -> str:
         401: "UNAUTHENTICATED",
         403: "PERMISSION_DENIED",
         404: "NOT_FOUND",
+        413: "RESOURCE_EXHAUSTED",
         422: "INVALID_ARGUMENT",
         429: "RESOURCE_EXHAUSTED",
         503: "UNAVAILABLE",

@@ -13,6 +13,7 @@ and a gRPC status code over gRPC, from the one mapping in `router/errors.py`.
 """
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -30,9 +31,11 @@ from pydantic import BaseModel, ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cluster.records import RequestRecord
 from cluster.spec import ClusterSpec
 from cluster.telemetry import TelemetryPublisher, TelemetryStore
 from controller.dashboard.service import Dashboard
+from router.admission import QOS_HEADER, AdmissionControl, ClassPolicy, Overloaded, resolve_class
 from router.auth import APIKeys
 from router.errors import (
     INVALID_REQUEST,
@@ -45,6 +48,7 @@ from router.errors import (
     invalid_request,
     to_error_response,
 )
+from router.limits import RequestLimitsMiddleware, check_grpc_message
 from router.orchestrator import Orchestrator, SitePools
 from router.prompt import ModelFacts, PreparedRequest, PromptBuilder, model_facts
 from router.proto import pavana_pb2 as pb
@@ -79,6 +83,7 @@ GRPC_DEFAULT_MAX_TOKENS = 16
 SITE_VIEW_REFRESH_S = 0.5
 
 app = FastAPI(title="Pavana", description="OpenAI-compatible API of a Pavana cluster", docs_url=None, redoc_url=None)
+app.add_middleware(RequestLimitsMiddleware)  # header and body size limits (router/limits.py)
 
 
 def _json_error(err: ErrorResponse) -> JSONResponse:
@@ -236,6 +241,10 @@ class Ingress:
             qos_class=self.spec.default_qos_class,
         )
         self.keys = APIKeys(self.spec.api_keys)
+        self.class_policies = {
+            c.name: ClassPolicy(c.name, c.priority, c.max_in_flight, c.admit_below_load) for c in self.spec.qos_classes
+        }
+        self.admission = AdmissionControl.from_classes(self.class_policies.values(), self.spec.max_in_flight)
         self.pools = pools
         self.orchestrator = Orchestrator({site: SitePools(**stages) for site, stages in pools.items()})
         self._site_names = [site.name for site in self.spec.sites]
@@ -327,7 +336,7 @@ class Ingress:
         return await self.dashboard.route(path, request.headers.get("authorization"))
 
     @app.get("/metrics")
-    async def metrics(self, request: Request) -> Response:
+    async def prometheus_metrics(self, request: Request) -> Response:
         return await self.dashboard.scrape(request.headers.get("authorization"))
 
     @app.get("/v1/models")
@@ -365,9 +374,10 @@ class Ingress:
     ) -> Response:
         stream: AsyncIterator[TokenChunk] | None = None
         try:
-            self.keys.check_http(request.headers.get("authorization"))
+            key = self.keys.check_http(request.headers.get("authorization"))
+            qos_class = self._qos_class(request.headers.get(QOS_HEADER), key)
             body = _validated(body_type, await request.body())
-            prepared = prepare(body, f"{id_prefix}-{uuid.uuid4().hex}")
+            prepared = self._classed(prepare(body, f"{id_prefix}-{uuid.uuid4().hex}"), qos_class)
             stream = self._generate(prepared)
             fmt = format_type(prepared.request.request_id, body.model, prepared.request.num_prompt_tokens)
             if not body.stream:
@@ -416,6 +426,27 @@ class Ingress:
         yield SSE_DONE
 
     async def _generate(self, prepared: PreparedRequest) -> AsyncIterator[TokenChunk]:
+        """Admit (`router/admission.py`), pick a site, run the stages; the admission slot is
+        held until the stream ends."""
+        qos_class = prepared.request.qos_class
+        try:
+            self.admission.admit(qos_class)
+        except Overloaded:  # counted: the autoscaler and the dashboard see refusals per class
+            self._publish(RequestRecord(
+                request_id=prepared.request.request_id, qos_class=qos_class, site="", pool_path="", ttft_s=None,
+                tbt_p50_s=None, tbt_p99_s=None, prompt_tokens=prepared.request.num_prompt_tokens, output_tokens=0,
+                outcome="rejected", timestamp_s=time.time(), num_images=len(prepared.images),
+            ))
+            raise
+        stages = self._run_stages(prepared)
+        try:
+            async for chunk in stages:
+                yield chunk
+        finally:
+            await stages.aclose()
+            self.admission.release(qos_class)
+
+    async def _run_stages(self, prepared: PreparedRequest) -> AsyncIterator[TokenChunk]:
         site = await self.pick_site(prepared)
         stages = ["vision"] if prepared.images else []
         stages += ["prefill", "decode"] if self.orchestrator.sites[site].disaggregated else ["colocated"]
@@ -470,8 +501,7 @@ class Ingress:
     # -- gRPC: pavana.v1.Pavana ----------------------------------------------------------------
     async def Generate(self, request: pb.GenerateRequest, grpc_context: Any) -> pb.GenerateResponse:
         try:
-            self.keys.check_grpc(grpc_context.invocation_metadata())
-            prepared = self._prepare_grpc(request)
+            prepared = self._prepare_grpc(request, grpc_context)
             collected = _Collected()
             async for chunk in self._generate(prepared):
                 collected.add(chunk)
@@ -489,8 +519,7 @@ class Ingress:
     async def GenerateStream(self, request: pb.GenerateRequest, grpc_context: Any) -> AsyncIterator[pb.GenerateResponse]:
         stream: AsyncIterator[TokenChunk] | None = None
         try:
-            self.keys.check_grpc(grpc_context.invocation_metadata())
-            prepared = self._prepare_grpc(request)
+            prepared = self._prepare_grpc(request, grpc_context)
             num_output_tokens = 0
             stream = self._generate(prepared)
             async for chunk in stream:
@@ -516,9 +545,30 @@ class Ingress:
         model = pb.Model(id=self.facts.name, owned_by="pavana", max_model_len=self.facts.max_model_len, vision=self.facts.vision)
         return pb.ListModelsResponse(models=[model])
 
-    def _prepare_grpc(self, request: pb.GenerateRequest) -> PreparedRequest:
-        """A gRPC request through the same checks as HTTP: it becomes the equivalent OpenAI body.
+    def _prepare_grpc(self, request: pb.GenerateRequest, grpc_context: Any) -> PreparedRequest:
+        """A gRPC request through the same checks as HTTP (API key, QoS class from the metadata,
+        then the equivalent OpenAI body)."""
+        metadata = list(grpc_context.invocation_metadata())
+        key = self.keys.check_grpc(metadata)
+        requested = next((str(v) for k, v in metadata if k.lower() == QOS_HEADER), None)
+        return self._classed(self._prepare_grpc_body(request), self._qos_class(requested, key))
+
+    def _qos_class(self, requested: str | None, key: str | None) -> str:
+        key_class = self.spec.api_key_classes.get(key) if key else None
+        return resolve_class(requested, key_class, self.class_policies, self.spec.default_qos_class)
+
+    def _classed(self, prepared: PreparedRequest, qos_class: str) -> PreparedRequest:
+        """Stamp the class, its priority and its first-token deadline on the request."""
+        slo = self.spec.qos_class(qos_class).slo
+        request = dataclasses.replace(
+            prepared.request, qos_class=qos_class, priority=self.class_policies[qos_class].priority, deadline_s=time.time() + slo.ttft_s
+        )
+        return dataclasses.replace(prepared, request=request)
+
+    def _prepare_grpc_body(self, request: pb.GenerateRequest) -> PreparedRequest:
+        """The gRPC request as the equivalent OpenAI body, through the same checks as HTTP.
         Unset proto fields take Pavana's defaults: greedy, 16 new tokens."""
+        check_grpc_message(request.ByteSize())
         s = request.sampling
         fields: dict[str, Any] = {
             "model": request.model or self.facts.name,

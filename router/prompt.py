@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from router.errors import APIError, invalid_request, model_not_found
+from router.limits import DEFAULT_LIMITS, RequestLimits, chat_text_chars, check_image_urls, check_prompt_chars, prompt_char_limit
 from router.protocol import ChatCompletionRequest, CompletionRequest, ImagePart, TextPart
 from workers.engine.block_manager import prefix_block_hashes
 from workers.engine.sampling import SamplingParams
@@ -25,6 +26,14 @@ from workers.requests import GenerateRequest, ImageInput
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 MAX_TEMPERATURE = 2.0  # OpenAI's range is [0, 2]
+# Tinier positive temperatures overflow the logits / temperature division in float32: the
+# softmax turns to NaN and the engine's sampling step fails for the whole batch. vLLM raises
+# such temperatures to the same floor; sampling there is already all but greedy.
+MIN_SAMPLING_TEMPERATURE = 1e-2
+# A top_p below float32's smallest number becomes 0 in the sampler, which then masks every
+# token. The top token's probability is at least 1 / vocabulary, so any top_p under this
+# floor already keeps the top token alone: raising it changes no output.
+MIN_TOP_P = 1e-6
 _REMOTE_SCHEMES = ("http://", "https://")
 
 
@@ -90,11 +99,16 @@ class PromptBuilder:
         *,
         allow_remote_image_urls: bool = False,
         qos_class: str = "interactive",
+        limits: RequestLimits = DEFAULT_LIMITS,
     ) -> None:
         self.tokenizer = tokenizer
         self.facts = facts
         self.allow_remote_image_urls = allow_remote_image_urls
         self.qos_class = qos_class
+        self.limits = limits
+        # Longer texts cannot fit the context: refused before tokenizing, which would hold the
+        # ingress's event loop for seconds on a body of megabytes.
+        self.max_prompt_chars = prompt_char_limit(facts.max_model_len, tokenizer.backend.get_vocab(with_added_tokens=True))
 
     # -- entry points ---------------------------------------------------------------------------
     def check_model(self, model: str) -> None:
@@ -113,6 +127,8 @@ class PromptBuilder:
         self.check_model(body.model)
         _refuse_unsupported_chat_fields(body)
         messages, image_urls = _chat_messages(body)
+        check_image_urls(image_urls, self.limits)
+        check_prompt_chars(chat_text_chars(messages), self.max_prompt_chars, param="messages", max_model_len=self.facts.max_model_len)
         images = [self.decode_image(url, param) for url, param in image_urls]
         if images and not self.facts.vision:
             raise invalid_request(
@@ -134,6 +150,7 @@ class PromptBuilder:
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
             prompt = prompt[0]  # a batch of one is the prompt itself
         if isinstance(prompt, str):
+            check_prompt_chars(len(prompt), self.max_prompt_chars, param="prompt", max_model_len=self.facts.max_model_len)
             return list(self.tokenizer.encode(prompt, add_special_tokens=True))
         if prompt and all(isinstance(t, int) for t in prompt):
             vocab = self.facts.vocab_size
@@ -247,9 +264,12 @@ def sampling_params(body: CompletionRequest | ChatCompletionRequest, max_tokens:
     temperature = 1.0 if body.temperature is None else body.temperature
     if not 0.0 <= temperature <= MAX_TEMPERATURE:
         raise invalid_request(f"temperature: must be in [0, {MAX_TEMPERATURE:g}], got {temperature}", param="temperature")
+    if 0.0 < temperature < MIN_SAMPLING_TEMPERATURE:
+        temperature = MIN_SAMPLING_TEMPERATURE
     top_p = 1.0 if body.top_p is None else body.top_p
     if not 0.0 < top_p <= 1.0:
         raise invalid_request(f"top_p: must be in (0, 1], got {top_p}", param="top_p")
+    top_p = max(top_p, MIN_TOP_P)
     top_k = 0 if body.top_k in (None, -1) else body.top_k
     if top_k < 0:  # type: ignore[operator]
         raise invalid_request(f"top_k: must be -1 or 0 (off) or a positive integer, got {top_k}", param="top_k")

@@ -277,9 +277,6 @@ class SimCluster:
                 self._route(pool, self.sites[site_name], req)
 
     # -- what replicas report -------------------------------------------------------------------------
-    def on_token(self, req: SimRequest, now_s: float) -> None:
-        req.token(now_s)
-
     def on_finished(self, req: SimRequest, now_s: float, replica: BaseReplica) -> None:
         req.finish_s = now_s
         req.outcome = "ok"

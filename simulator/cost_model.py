@@ -110,7 +110,18 @@ class LinearCostModel:
         y = np.asarray(seconds, dtype=float)
         if not np.all(np.isfinite(y)) or np.any(y < 0):
             raise CostModelError("fit: times must be finite and >= 0")
-        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        # Least squares, keeping every term >= 0: a step never takes negative time and more
+        # work never takes less. A term that comes out negative (noise, or features that move
+        # together in a small grid) is dropped and the rest refitted.
+        active = list(range(x.shape[1]))
+        while True:
+            sub, *_ = np.linalg.lstsq(x[:, active], y, rcond=None)
+            negative = [(v, j) for v, j in zip(sub, active) if v < 0]
+            if not negative:
+                break
+            active.remove(min(negative)[1])
+        coef = np.zeros(x.shape[1])
+        coef[active] = sub
         pred = x @ coef
         ss_res = float(np.sum((y - pred) ** 2))
         ss_tot = float(np.sum((y - y.mean()) ** 2)) or 1.0
@@ -216,10 +227,13 @@ class GpuCostModel:
             rows = [r for r in csv.DictReader(f) if int(r["num_tensor_parallel_workers"]) == tp]
         if not rows:
             raise CostModelError(f"{path.name}: no rows with tensor-parallel degree {tp}")
-        rows.sort(key=lambda r: int(r["num_tokens"]))
-        tokens = np.array([int(r["num_tokens"]) for r in rows], dtype=float)
-        layer = np.array([sum(float(r[f"time_stats.{op}.median"]) for op in OPS) for r in rows]) / 1e3
-        emb = np.array([float(r["time_stats.emb.median"]) for r in rows]) / 1e3
+        by_tokens: dict[int, list[tuple[float, float]]] = {}
+        for r in rows:  # some token counts were profiled more than once: average them
+            by_tokens.setdefault(int(r["num_tokens"]), []).append(
+                (sum(float(r[f"time_stats.{op}.median"]) for op in OPS), float(r["time_stats.emb.median"])))
+        tokens = np.array(sorted(by_tokens), dtype=float)
+        layer = np.array([np.mean([v[0] for v in by_tokens[n]]) for n in sorted(by_tokens)]) / 1e3
+        emb = np.array([np.mean([v[1] for v in by_tokens[n]]) for n in sorted(by_tokens)]) / 1e3
         r0 = rows[0]
         return cls(f"{gpu}-{model}-tp{tp}", GPUS[gpu], num_layers, int(r0["n_head"]), int(r0["n_kv_head"]),
                    int(r0["n_embd"]), int(r0["vocab_size"]), tp, tokens, layer, emb)
@@ -235,15 +249,24 @@ class GpuCostModel:
     def _interp(self, values: np.ndarray, n: float) -> float:
         if n <= self.tokens[-1]:
             return float(np.interp(n, self.tokens, values))
-        # beyond the profiled range: the last segment's slope (linear in tokens there)
-        slope = (values[-1] - values[-2]) / (self.tokens[-1] - self.tokens[-2])
+        # beyond the profiled range: the slope over its upper half (compute-bound, linear in tokens)
+        half = int(np.searchsorted(self.tokens, self.tokens[-1] / 2))
+        slope = (values[-1] - values[half]) / (self.tokens[-1] - self.tokens[half])
         return float(values[-1] + slope * (n - self.tokens[-1]))
+
+    def linear_time(self, n: int) -> float:
+        """The token-level operators of one step over `n` tokens (memoised: steps repeat sizes)."""
+        cache = self.__dict__.setdefault("_linear_cache", {})
+        t = cache.get(n)
+        if t is None:
+            t = cache[n] = self.num_layers * self._interp(self.layer_s, n) + self._interp(self.emb_s, n)
+        return t
 
     def batch_time(self, shape: BatchShape) -> float:
         n = shape.prefill_tokens + shape.decode_tokens
         if n == 0:
             return 0.0
-        linear = self.num_layers * self._interp(self.layer_s, n) + self._interp(self.emb_s, n)
+        linear = self.linear_time(n)
         d_local = self.n_embd / self.tp
         prefill_attn = 4.0 * d_local * shape.prefill_attended * self.num_layers / (
             self.gpu.peak_flops * self.gpu.prefill_attention_efficiency)

@@ -31,9 +31,8 @@ _PARAMS = SamplingParams(max_tokens=1, ignore_eos=True)  # the scheduler never r
 
 
 class ReplicaSink(Protocol):
-    """What a replica tells the cluster about its requests."""
+    """What a replica tells the cluster about its requests (token times go on the request itself)."""
 
-    def on_token(self, req: SimRequest, now_s: float) -> None: ...
     def on_finished(self, req: SimRequest, now_s: float, replica: BaseReplica) -> None: ...
     def on_handoff(self, req: SimRequest, now_s: float, replica: BaseReplica) -> None: ...
     def on_encoded(self, req: SimRequest, now_s: float, replica: BaseReplica) -> None: ...
@@ -214,24 +213,29 @@ class SimReplica(BaseReplica):
             return  # killed while this batch ran
         now = self.loop.now
         self.busy = False
+        running = SequenceStatus.RUNNING
+        commit = self.block_manager.commit_full_blocks if self.engine.enable_prefix_caching else None
         for chunk in batch.chunks:
             seq = chunk.seq
-            if seq.status is not SequenceStatus.RUNNING:
+            if seq.status is not running:
                 continue
             seq.num_computed_tokens += chunk.num_tokens
-            self.block_manager.commit_full_blocks(seq)
+            if commit is not None:
+                commit(seq)
             if chunk.samples:
                 seq.token_ids.append(0)
                 req = self.requests[seq.request_id]
-                self.sink.on_token(req, now)
-                if seq.num_output_tokens >= req.trace.output_tokens or seq.num_tokens >= self.max_model_len:
+                req.token(now)
+                if len(seq.token_ids) - seq.num_prompt_tokens >= req.trace.output_tokens or len(seq.token_ids) >= self.max_model_len:
                     self._finish(seq, "length")
                     self.sink.on_finished(req, now, self)
-                elif self.stage == "prefill":
+                    continue
+                if self.stage == "prefill":
                     self._finish(seq, "handoff")
                     self.sink.on_handoff(req, now, self)
                     continue
-            self._recount(seq)
+            if not chunk.is_decode:
+                self._recount(seq)  # a running decode's count stays 0: only prefill chunks change it
         self._kick()
 
     def _finish(self, seq: Sequence, reason: str) -> None:

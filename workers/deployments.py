@@ -156,7 +156,9 @@ class EngineReplica:
 
     async def _generate(self, request: GenerateRequest) -> AsyncIterator[RequestOutput]:
         spans = await self._image_spans(request.images)
-        async for out in self.async_engine.generate(request.request_id, request.prompt_token_ids, request.params, spans):
+        async for out in self.async_engine.generate(
+            request.request_id, request.prompt_token_ids, request.params, spans, priority=request.priority, deadline_s=request.deadline_s
+        ):
             yield out
 
 
@@ -202,7 +204,7 @@ class DecodeReplica(EngineReplica):
             mm_hashes=prefilled.mm_hashes,
             num_text_chars_emitted=len(prefilled.first.text),
         )
-        async for out in self.async_engine.generate_from_handoff(handoff):
+        async for out in self.async_engine.generate_from_handoff(handoff, priority=request.priority, deadline_s=request.deadline_s):
             yield _chunk(out, self.stage)
 
 

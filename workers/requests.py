@@ -6,6 +6,7 @@ These are the only worker types the router imports (DESIGN.md: `router` may impo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,8 @@ class GenerateRequest:
     params: SamplingParams
     images: tuple[ImageInput, ...] = ()
     qos_class: str = "interactive"
+    priority: int = 0  # the class's priority: lower is served first
+    deadline_s: float = math.inf  # wall-clock time by which the class's TTFT SLO wants the first token
     # Full-block prefix hashes of the prompt, for prefix-affinity replica choice.
     prefix_hashes: tuple[int, ...] = ()
 

@@ -62,10 +62,12 @@ def test_every_deadline_met_exactly_on_time():
 
 def test_slack_from_early_tokens_carries_forward():
     # First token 0.75 s early: the next gap of 1.0 s (twice the TBT target) still meets its
-    # deadline at 1.5; the third token, at 2.0, is 0.25 s late and misses; the fourth comes
-    # one period after it and meets its re-based deadline.
+    # deadline at 1.5; the third token, at 2.25, is 0.25 s past its deadline of 2.0 and misses;
+    # the fourth comes one period after it and meets its re-based deadline (2.75, where the
+    # original one was 2.5).
     target = SLOTarget(ttft_s=1.0, tbt_s=0.5)
-    result = fluidity(0.0, [0.25, 1.25, 2.0, 2.5], target)
+    assert fluidity(0.0, [0.25, 1.25, 2.0], target) == Fluidity(3, 0)  # exactly on the deadline
+    result = fluidity(0.0, [0.25, 1.25, 2.25, 2.75], target)
     assert result == Fluidity(3, 1)
     assert result.index == 0.75
 
@@ -173,3 +175,13 @@ def test_capacity_search_when_nothing_passes_and_bad_arguments():
         capacity_search(lambda r: 1.0, target_attainment=1.5)
     with pytest.raises(ValueError, match="rates"):
         capacity_search(lambda r: 1.0, start_rate=0)
+
+
+def test_held_back_tokens_count_for_tpot_but_not_as_gaps():
+    # 5 tokens by the server's count, 4 pieces of text (one token was held back and sent with
+    # the next): TPOT and normalised latency divide by tokens, TBT keeps the 3 gaps seen.
+    target = SLOTarget(1.0, 0.5)
+    m = request_metrics(index=0, qos_class="c", arrival_s=0.0, token_times_s=[0.5, 1.0, 1.5, 2.5], ok=True, target=target, num_output_tokens=5)
+    assert m.tpot_s == 0.5 and m.normalized_latency_s == 0.5 and m.tbt_s == [0.5, 0.5, 1.0] and m.num_output_tokens == 5
+    with pytest.raises(ValueError, match="num_output_tokens"):
+        request_metrics(index=0, qos_class="c", arrival_s=0.0, token_times_s=[0.5, 1.0], ok=True, target=target, num_output_tokens=1)

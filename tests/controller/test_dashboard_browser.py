@@ -32,6 +32,7 @@ PREFIX = "/dash"
 TOKEN = f"operator-{uuid.uuid4().hex}"
 API_KEY = "dashboard-test-key"
 CHROMIUM = "/usr/bin/chromium"
+SITE_POWER_W = 1500.0  # a site on a small supply, so the power chart has a scale to read
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
 METRIC_NAMES = {
     "pavana_requests", "pavana_request_latency_seconds", "pavana_ttft_seconds", "pavana_tbt_seconds",
@@ -54,9 +55,11 @@ class Cluster:
 
 def dashboard_spec(ports) -> ClusterSpec:
     """The default spec without its vision pool (text traffic only), one engine thread per
-    replica, an API key, an operator token and a telemetry prefix of its own."""
+    replica, an API key, an operator token, a telemetry prefix of its own, and its one site on
+    a constant supply of `SITE_POWER_W`."""
     raw = ClusterSpec.default().model_dump(mode="json")
     raw["pools"].pop("vision", None)
+    raw["sites"][0]["power"] = {"kind": "constant", "power_w": SITE_POWER_W}
     raw["engine"]["num_threads"] = 1
     raw.update(
         http_port=ports.http_port, grpc_port=ports.grpc_port, api_keys=[API_KEY], operator_token=TOKEN,
@@ -126,6 +129,9 @@ def trace_points(page, chart: str) -> int:
 
 def test_the_dashboard_shows_live_pools_and_charts_that_grow(cluster, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1150})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("requestfailed", lambda request: errors.append(f"{request.url}: {request.failure}"))
     page.goto(f"{cluster.url}/dashboard#token={TOKEN}")
     page.wait_for_selector("#pools tbody tr[data-key]")
     assert "token=" not in page.url  # the fragment is read, kept in the tab, and dropped
@@ -156,13 +162,24 @@ def test_the_dashboard_shows_live_pools_and_charts_that_grow(cluster, browser, t
     )
     after = trace_points(page, "power-chart"), trace_points(page, "rate-chart")
     assert after[0] > before[0] and after[1] > before[1]
-    rates = page.evaluate("document.getElementById('rate-chart').data[0].y")
-    assert max(rates) > 0  # the completions just sent show in the request rate
+    # The completions just sent show in the request rate once their records are in Redis.
+    page.wait_for_function("() => Math.max(...document.getElementById('rate-chart').data[0].y) > 0", timeout=15_000)
+    power = dict(page.evaluate("document.getElementById('power-chart').data.map(t => [t.name, t.y[t.y.length - 1]])"))
+    assert set(power) == {"local available", "local drawn"}
+    assert power["local available"] == SITE_POWER_W  # the spec's supply, through the reconcile loop and Redis
+    assert 0 < power["local drawn"] <= SITE_POWER_W  # the two replicas' estimated draw
 
+    update = os.environ.get("PAVANA_UPDATE_SCREENSHOT") == "1"
+    if update:  # a picture for the README: half a minute of uneven traffic first
+        with httpx.Client(timeout=60) as client:
+            for burst in (6, 1, 4, 0, 8, 2, 5):
+                cluster.complete(client, burst)
+                time.sleep(2.0)
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
+    assert errors == []  # no script error, and every resource (plotly included) came from the ingress
     assert shot.stat().st_size > 10_000
-    if os.environ.get("PAVANA_UPDATE_SCREENSHOT") == "1":
+    if update:
         shutil.copyfile(shot, SCREENSHOT)
 
 

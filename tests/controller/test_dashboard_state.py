@@ -168,3 +168,30 @@ def test_operator_token_closed_wrong_and_right():
         assert refused.value.body()["error"]["type"] == "authentication_error"
     token.check_http(f"Bearer {TOKEN}")
     token.check_http(f"bearer  {TOKEN} ")
+
+
+async def test_the_service_answers_before_any_telemetry_read():
+    """Refusals, the page and static files need no Redis: a store that points nowhere is never
+    called on these paths."""
+    from controller.dashboard.service import Dashboard
+    from cluster.telemetry import TelemetryStore
+
+    nowhere = TelemetryStore("redis://127.0.0.1:1", "test:never")
+    closed = Dashboard(spec(), nowhere)
+    response = await closed.state(f"Bearer {TOKEN}")
+    assert response.status_code == 403
+    assert json.loads(response.body)["error"]["code"] == "operator_token_not_configured"
+    assert (await closed.scrape(f"Bearer {TOKEN}")).status_code == 403
+
+    dashboard = Dashboard(spec().model_copy(update={"operator_token": TOKEN}), nowhere)
+    assert (await dashboard.route("api/state", "Bearer nope")).status_code == 401
+    page = dashboard.page()
+    assert page.status_code == 200 and b"dashboard/static/plotly.min.js" in page.body
+    plotly = await dashboard.route("static/plotly.min.js", None)
+    assert plotly.status_code == 200 and len(plotly.body) > 1_000_000 and b"plotly" in plotly.body[:2000].lower()
+    assert (await dashboard.route("static/dashboard.js", None)).media_type.startswith("text/javascript")
+    for path in ("static/../service.py", "static/index.html", "static/%2e%2e/auth.py", "api/other", "static/"):
+        assert (await dashboard.route(path, f"Bearer {TOKEN}")).status_code == 404, path
+    redirect = await dashboard.route("", None)
+    assert redirect.status_code == 307 and redirect.headers["location"] == "../dashboard"
+    await nowhere.close()

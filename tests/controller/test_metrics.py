@@ -125,3 +125,36 @@ def test_gauges_follow_each_scrape():
     first = samples(metrics.exposition(TelemetrySnapshot(heartbeats=(beat("prefill", "north", "a", queued_requests=7),)), None, NOW).decode())
     second = samples(metrics.exposition(TelemetrySnapshot(heartbeats=(beat("prefill", "north", "a", queued_requests=2),)), None, NOW).decode())
     assert (first[key], second[key]) == (7, 2)
+
+
+async def test_a_request_stream_feeds_the_counters_as_it_ends():
+    """`measured` hands every finished stream to the metrics: its outcome, its end-to-end time
+    and each gap between tokens, as they happened (a stream that fails counts as an error)."""
+    import asyncio
+
+    from router.request_telemetry import measured
+    from workers.requests import TokenChunk
+
+    async def tokens(n: int, gap_s: float, fail: bool = False):
+        for i in range(n):
+            await asyncio.sleep(gap_s)
+            yield TokenChunk("r", [i], "x", finished=i == n - 1 and not fail)
+        if fail:
+            raise RuntimeError("replica lost")
+
+    metrics, published = RequestMetrics(spec()), []
+    common = dict(qos_class="interactive", site="north", pool_path="colocated", prompt_tokens=3, num_images=0, observe=metrics.observe)
+    assert len([c async for c in measured(tokens(5, 0.02), published.append, request_id="a", **common)]) == 5
+    with pytest.raises(RuntimeError):
+        async for _ in measured(tokens(2, 0.0, fail=True), published.append, request_id="b", **common):
+            pass
+    got = samples(metrics.exposition(TelemetrySnapshot(), None, NOW).decode())
+    outcome = {"qos_class": "interactive", "site": "north", "pool_path": "colocated"}
+    assert got[("pavana_requests_total", frozenset({**outcome, "outcome": "ok"}.items()))] == 1
+    assert got[("pavana_requests_total", frozenset({**outcome, "outcome": "error"}.items()))] == 1
+    where = frozenset({"qos_class": "interactive", "site": "north"}.items())
+    assert got[("pavana_tbt_seconds_count", where)] == 4 + 1  # gaps between 5 tokens, and between 2
+    assert got[("pavana_tbt_seconds_sum", where)] >= 4 * 0.02
+    latency = frozenset({"qos_class": "interactive"}.items())
+    assert got[("pavana_request_latency_seconds_sum", latency)] >= 5 * 0.02
+    assert [r.outcome for r in published] == ["ok", "error"]  # the records still go to telemetry

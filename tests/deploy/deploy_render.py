@@ -66,11 +66,11 @@ def render(folder: str | Path) -> list[Resource]:
     for kind, field in (("ConfigMap", "configMapGenerator"), ("Secret", "secretGenerator")):
         for generator in spec.get(field, []):
             _generate(resources, kind, generator, folder, kfile)
-    for image in spec.get("images", []):
-        for obj in resources:
-            _set_images(obj, image)
     for entry in spec.get("patches", []):
         resources = _patch(resources, entry, folder, kfile)
+    for image in spec.get("images", []):  # after the patches, as in kustomize
+        for obj in resources:
+            _set_images(obj, image)
     _check_unique(resources, kfile)
     return resources
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
@@ -79,14 +80,24 @@ class AsyncEngine:
         prompt_token_ids: Seq[int],
         params: SamplingParams | None = None,
         mm_spans: Seq[MultimodalSpan] = (),
+        *,
+        priority: int = 0,
+        deadline_s: float = math.inf,
     ) -> AsyncIterator[RequestOutput]:
         """Stream a request's outputs; leaving the iteration early aborts the request."""
-        seq = self._check_admission(lambda: self.engine.prepare(request_id, prompt_token_ids, params, mm_spans), request_id)
+        seq = self._check_admission(
+            lambda: self.engine.prepare(request_id, prompt_token_ids, params, mm_spans, priority=priority, deadline_s=deadline_s),
+            request_id,
+        )
         async for out in self._stream(seq):
             yield out
 
-    async def generate_from_handoff(self, handoff: KVHandoff) -> AsyncIterator[RequestOutput]:
-        seq = self._check_admission(lambda: self.engine.prepare_handoff(handoff), handoff.request_id)
+    async def generate_from_handoff(
+        self, handoff: KVHandoff, *, priority: int = 0, deadline_s: float = math.inf
+    ) -> AsyncIterator[RequestOutput]:
+        seq = self._check_admission(
+            lambda: self.engine.prepare_handoff(handoff, priority=priority, deadline_s=deadline_s), handoff.request_id
+        )
         async for out in self._stream(seq):
             yield out
 

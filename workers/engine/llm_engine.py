@@ -8,6 +8,7 @@ every request ends after its first token and comes back with its KV as a `KVHand
 from __future__ import annotations
 
 import itertools
+import math
 import logging
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
@@ -95,9 +96,13 @@ class LLMEngine:
         prompt_token_ids: Seq[int],
         params: SamplingParams | None = None,
         mm_spans: Seq[MultimodalSpan] = (),
+        *,
+        priority: int = 0,
+        deadline_s: float = math.inf,
     ) -> Sequence:
         """Validate a request and build its sequence without touching the engine's state, so a
-        caller on another thread can reject bad input at once and admit later with `add`."""
+        caller on another thread can reject bad input at once and admit later with `add`.
+        `priority` and `deadline_s` order the waiting queue (QoS classes)."""
         params = params or SamplingParams()
         prompt = list(prompt_token_ids)
         self._validate(request_id, prompt, params)
@@ -108,9 +113,11 @@ class LLMEngine:
             if span.embeds is None or tuple(span.embeds.shape) != (span.length, hidden):
                 shape = None if span.embeds is None else tuple(span.embeds.shape)
                 raise ValueError(f"mm_spans: span at {span.offset} needs embeddings of shape ({span.length}, {hidden}), got {shape}")
-        return Sequence(request_id, prompt, params, next(self._arrivals), mm_spans=list(mm_spans))
+        return Sequence(
+            request_id, prompt, params, next(self._arrivals), mm_spans=list(mm_spans), priority=priority, deadline_s=deadline_s
+        )
 
-    def prepare_handoff(self, handoff: KVHandoff) -> Sequence:
+    def prepare_handoff(self, handoff: KVHandoff, *, priority: int = 0, deadline_s: float = math.inf) -> Sequence:
         prompt = handoff.token_ids[: handoff.num_prompt_tokens]
         self._validate(handoff.request_id, prompt, handoff.params)
         if handoff.kv.shape[2] != handoff.num_prompt_tokens:
@@ -125,6 +132,8 @@ class LLMEngine:
             mm_spans=[MultimodalSpan(o, n, h) for o, n, h in handoff.mm_hashes],
             pending_kv=handoff.kv,
             num_text_chars_emitted=handoff.num_text_chars_emitted,
+            priority=priority,
+            deadline_s=deadline_s,
         )
 
     def _validate(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:

@@ -57,6 +57,11 @@ class ScheduledBatch:
         return bool(self.chunks)
 
 
+def _rank(seq: Sequence) -> tuple[int, int]:
+    """Order among running sequences: more important class first, then older first."""
+    return (seq.priority, seq.arrival_index)
+
+
 class Scheduler:
     """Queues and the mechanics every policy shares: admission, preemption, completion."""
 
@@ -109,20 +114,27 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
 
+    def _order_waiting(self) -> None:
+        """Waiting sequences in QoS order: class, then (within a class) preempted ones first,
+        then the earliest deadline, then arrival. With one class and no deadlines this is the
+        arrival order, preempted sequences at the front."""
+        if len(self.waiting) > 1:
+            self.waiting = deque(
+                sorted(self.waiting, key=lambda s: (s.priority, s.num_preemptions == 0, s.deadline_s, s.arrival_index))
+            )
+
     def _allocate_or_preempt(self, seq: Sequence, num_tokens: int, preempted: list[str], scheduled: set[str], *, may_preempt_self: bool) -> bool:
         """Find blocks for `seq`, preempting newer running sequences while it is short.
 
-        Victims are the newest running sequences that are newer than `seq` and not yet in this
-        step's batch; so the oldest sequence always makes progress and the cache cannot
-        deadlock. A decode with no such victim preempts itself.
+        Victims are running sequences ranked after `seq` — a less important class, or the same
+        class and newer — and not yet in this step's batch, the last-ranked first; so the
+        first-ranked sequence always makes progress and the cache cannot deadlock. A decode
+        with no such victim preempts itself.
         """
         while not self.block_manager.allocate(seq, num_tokens):
-            candidates = [
-                s for s in self.running
-                if s.arrival_index > seq.arrival_index and s.request_id not in scheduled
-            ]
+            candidates = [s for s in self.running if _rank(s) > _rank(seq) and s.request_id not in scheduled]
             if candidates:
-                victim = max(candidates, key=lambda s: s.arrival_index)
+                victim = max(candidates, key=_rank)
                 self._preempt(victim)
                 preempted.append(victim.request_id)
                 continue
@@ -136,7 +148,7 @@ class Scheduler:
     def _schedule_decodes(self, preempted: list[str], scheduled: set[str]) -> list[ScheduledChunk]:
         """Every running decode gets its token (decode-maximal batching), oldest first."""
         chunks: list[ScheduledChunk] = []
-        for seq in sorted((s for s in self.running if s.is_decoding), key=lambda s: s.arrival_index):
+        for seq in sorted((s for s in self.running if s.is_decoding), key=_rank):
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted earlier in this loop
             if self._allocate_or_preempt(seq, 1, preempted, scheduled, may_preempt_self=True):
@@ -146,7 +158,7 @@ class Scheduler:
     def _continue_prefills(self, budget: int, preempted: list[str], scheduled: set[str]) -> list[ScheduledChunk]:
         """Next chunks of prompts that are already running (chunked, partly computed)."""
         chunks: list[ScheduledChunk] = []
-        for seq in sorted((s for s in self.running if not s.is_decoding), key=lambda s: s.arrival_index):
+        for seq in sorted((s for s in self.running if not s.is_decoding), key=_rank):
             if budget <= 0:
                 break
             if seq.status is not SequenceStatus.RUNNING:
@@ -164,6 +176,7 @@ class Scheduler:
         unchunked baseline); otherwise the last one admitted may take a partial chunk.
         """
         chunks: list[ScheduledChunk] = []
+        self._order_waiting()
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if seq.pending_kv is not None:

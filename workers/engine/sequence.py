@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,15 @@ class Sequence:
     num_preemptions: int = 0
     # For a hand-off: how much of the output's text the prefill engine already streamed.
     num_text_chars_emitted: int = 0
+    # QoS (Niyama): a lower priority number is served first, then the earlier deadline (wall
+    # clock seconds by which the request's SLO wants its next token).
+    priority: int = 0
+    deadline_s: float = math.inf
+
+    @property
+    def urgency(self) -> tuple[int, float, int]:
+        """The scheduler's order: class, then deadline, then arrival."""
+        return (self.priority, self.deadline_s, self.arrival_index)
 
     def __post_init__(self) -> None:
         if not self.num_prompt_tokens:

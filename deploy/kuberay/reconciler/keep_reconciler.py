@@ -53,12 +53,14 @@ def reconciler_alive() -> bool:
 
 
 def keep(spec_path: str, address: str, app_name: str, period_s: float, stop: threading.Event) -> None:
-    import ray
-
     from cluster.spec import ClusterSpec
-    from controller.reconcile import start_reconciler
 
     spec = ClusterSpec.from_yaml(spec_path)  # fails fast, with every bad field named
+
+    import ray
+
+    from controller.reconcile import start_reconciler
+
     while not stop.is_set():
         try:
             if not ray.is_initialized():

@@ -116,3 +116,41 @@ def test_queued_prefill_tokens_counts_uncomputed_prompt_tokens():
     assert sched.queued_prefill_tokens == 25
     run_step(sched)
     assert sched.queued_prefill_tokens == 17
+
+
+# -- QoS classes (priority, deadline) ---------------------------------------------------------------
+def add_qos(sched, rid, n, arrival, priority, deadline=float("inf")):
+    s = Sequence(rid, list(range(1, n + 1)), SamplingParams(max_tokens=100), arrival, priority=priority, deadline_s=deadline)
+    sched.add(s)
+    return s
+
+
+@pytest.mark.parametrize("policy", ["sarathi", "prefill_first"])
+def test_a_more_important_class_is_admitted_before_earlier_arrivals(policy):
+    sched = make(policy, chunk=8, max_seqs=1)
+    add_qos(sched, "batch", 4, 0, priority=2)
+    add_qos(sched, "standard", 4, 1, priority=1)
+    add_qos(sched, "interactive", 4, 2, priority=0)
+    assert [c.seq.request_id for c in run_step(sched).chunks] == ["interactive"]
+
+
+def test_within_a_class_the_earlier_deadline_goes_first():
+    sched = make("sarathi", chunk=4, max_seqs=1)
+    add_qos(sched, "late", 4, 0, priority=0, deadline=200.0)
+    add_qos(sched, "soon", 4, 1, priority=0, deadline=100.0)
+    assert [c.seq.request_id for c in run_step(sched).chunks] == ["soon"]
+
+
+def test_preemption_takes_the_less_important_class_before_a_newer_important_one():
+    # 4 blocks of 4 tokens: an 8-token prompt and two 3-token ones fill the cache; only the
+    # first decode then needs a new block, and the batch sequence is the victim — by arrival
+    # alone it would have been the newer interactive one.
+    bm = BlockManager(4, 4, enable_prefix_caching=False)
+    sched = SarathiScheduler(bm, chunk_size=32, max_num_seqs=4, max_model_len=64)
+    first = add_qos(sched, "interactive-1", 8, 0, priority=0)
+    batch = add_qos(sched, "batch", 3, 1, priority=2)
+    second = add_qos(sched, "interactive-2", 3, 2, priority=0)
+    run_step(sched)  # all three prompts: 2 + 1 + 1 blocks, the cache is full
+    assert run_step(sched).preempted == ("batch",)
+    assert first.status is SequenceStatus.RUNNING and second.status is SequenceStatus.RUNNING
+    assert batch.status is SequenceStatus.WAITING

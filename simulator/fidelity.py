@@ -1,0 +1,132 @@
+"""`pavana sim fidelity`: how close the simulator comes to the real engine on this machine.
+
+The same trace slice (the Azure conversation trace's first seconds, prompts and outputs capped
+to fit the bundled model) is replayed twice:
+- real: one `LLMEngine` driven in-process, each request added when the wall clock reaches its
+  trace time, every token stamped by the wall clock as `step` returns it;
+- simulated: one colocated replica with the same engine settings and a cost model fitted, just
+  before, to profiles of that same engine (`simulator.profile`).
+Reported: the relative errors of TTFT and TBT at the median and P99. The machine is shared, so
+the profile takes each shape's median of five runs (the speed the machine gives the engine
+now, contention included) right before the replay; run it twice before trusting a figure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.common import command_line, machine_info, percentile, write_json
+from cluster.spec import ClusterSpec
+from simulator.cluster import SimCluster, SimOptions
+from simulator.cost_model import CPU_NETWORK, LinearCostModel
+from simulator.profile import FULL_GRID, QUICK_GRID, kv_bytes_per_token, make_engine, time_shape
+from simulator.workload import TraceRequest, azure_trace
+
+console = Console()
+CHUNK, MAX_SEQS, KV_BLOCKS = 256, 64, 1024
+
+
+def trace_slice(seconds: float, max_prompt: int, max_output: int) -> list[TraceRequest]:
+    return [replace(r, prompt_tokens=min(r.prompt_tokens, max_prompt), output_tokens=min(r.output_tokens, max_output))
+            for r in azure_trace("conv", duration_s=seconds)]
+
+
+def fit_on(engine, quick: bool) -> LinearCostModel:
+    grid = QUICK_GRID if quick else FULL_GRID
+    rng = np.random.default_rng(0)
+    shapes, seconds = [], []
+    for p, s, d, c in itertools.product(grid["prefill"], grid["start"], grid["decodes"], grid["context"]):
+        if not (p or d) or (p == 0 and s) or (d == 0 and c != grid["context"][0]):
+            continue
+        shape, t = time_shape(engine, p, s, d, c, 5, rng, statistic="median")
+        shapes.append(shape)
+        seconds.append(t)
+    return LinearCostModel.fit(shapes, seconds, kv_bytes_per_token=kv_bytes_per_token(engine))
+
+
+def replay_real(engine, requests: list[TraceRequest]) -> dict[str, tuple[float, list[float]]]:
+    """Per request: TTFT and its gaps between tokens, by wall clock."""
+    from workers.engine.sampling import SamplingParams
+
+    rng = np.random.default_rng(1)
+    vocab = engine.model_config.vocab_size
+    prompts = {r.request_id: rng.integers(4, vocab, r.prompt_tokens).tolist() for r in requests}
+    times: dict[str, list[float]] = {r.request_id: [] for r in requests}
+    pending = list(requests)
+    t0 = time.perf_counter()
+    i = 0
+    while i < len(pending) or engine.has_unfinished():
+        now = time.perf_counter() - t0
+        while i < len(pending) and pending[i].arrival_s <= now:
+            r = pending[i]
+            engine.add_request(r.request_id, prompts[r.request_id], SamplingParams(max_tokens=r.output_tokens, ignore_eos=True))
+            i += 1
+        if engine.has_unfinished():
+            outputs = engine.step()
+            stamp = time.perf_counter() - t0
+            for out in outputs:
+                times[out.request_id].append(stamp)
+        elif i < len(pending):
+            time.sleep(max(0.0, pending[i].arrival_s - (time.perf_counter() - t0)))
+    arrival = {r.request_id: r.arrival_s for r in requests}
+    return {rid: (ts[0] - arrival[rid], list(np.diff(ts))) for rid, ts in times.items() if ts}
+
+
+def replay_sim(requests: list[TraceRequest], cost: LinearCostModel, max_model_len: int) -> dict[str, tuple[float, list[float]]]:
+    spec = ClusterSpec.parse({
+        "topology": "colocated",
+        "pools": {"colocated": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}},
+        "engine": {"chunk_size": CHUNK, "max_num_seqs": MAX_SEQS, "num_kv_blocks": KV_BLOCKS, "enable_prefix_caching": False},
+    })
+    sim = SimCluster(spec, cost, CPU_NETWORK, SimOptions(autoscale=False, max_model_len=max_model_len))
+    done = sim.run(requests)
+    return {r.request_id: (r.ttft_s, list(r.gaps)) for r in done if r.outcome == "ok"}
+
+
+def errors(real: dict, sim: dict) -> dict[str, Any]:
+    ttft_real = [v[0] for v in real.values()]
+    ttft_sim = [v[0] for v in sim.values()]
+    tbt_real = [g for v in real.values() for g in v[1]]
+    tbt_sim = [g for v in sim.values() for g in v[1]]
+    out: dict[str, Any] = {}
+    for name, a, b in (("ttft", ttft_real, ttft_sim), ("tbt", tbt_real, tbt_sim)):
+        for q in (50, 99):
+            r, s = percentile(a, q), percentile(b, q)
+            out[f"{name}_p{q}_real_s"] = r
+            out[f"{name}_p{q}_sim_s"] = s
+            out[f"{name}_p{q}_error"] = abs(s - r) / r if r else None
+    return out
+
+
+def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
+    seconds, max_prompt, max_output = (20.0, 512, 32) if quick else (60.0, 1024, 64)
+    requests = trace_slice(seconds, max_prompt, max_output)
+    engine = make_engine(num_threads=1, num_kv_blocks=KV_BLOCKS, chunk_size=CHUNK)
+    fit_started = time.perf_counter()
+    cost = fit_on(engine, quick)
+    fit_s = time.perf_counter() - fit_started
+    real = replay_real(engine, requests)
+    sim = replay_sim(requests, cost, engine.max_model_len)
+    result = errors(real, sim)
+    result.update(benchmark="sim_fidelity", quick=quick, machine=machine_info(), command=command_line(),
+                  requests=len(requests), trace="azure:conv", trace_seconds=seconds, max_prompt_tokens=max_prompt,
+                  max_output_tokens=max_output, cost_model=cost.to_dict(), profile_seconds=fit_s,
+                  engine={"chunk_size": CHUNK, "max_num_seqs": MAX_SEQS, "num_kv_blocks": KV_BLOCKS, "threads": 1})
+    table = Table(title=f"Simulator against the real engine: {len(requests)} requests of azure:conv ({seconds:g} s)")
+    for col in ("measure", "real (s)", "simulated (s)", "relative error"):
+        table.add_column(col, justify="left" if col == "measure" else "right")
+    for name in ("ttft_p50", "ttft_p99", "tbt_p50", "tbt_p99"):
+        err = result[f"{name}_error"]
+        table.add_row(name.replace("_", " ").upper(), f"{result[f'{name}_real_s']:.4f}", f"{result[f'{name}_sim_s']:.4f}",
+                      f"{err:.1%}" if err is not None else "n/a")
+    console.print(table)
+    write_json(json_path, result)
+    return result
