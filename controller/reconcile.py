@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from dataclasses import replace
@@ -81,6 +82,7 @@ class Reconciler:
         self.power_history: dict[str, deque[float]] = {s.name: deque(maxlen=POWER_HISTORY) for s in spec.sites}
         self.routing: RoutingPlan | None = None
         self._routing_loaded = False
+        self._cooldowns_restored = False
 
     async def observe(self) -> tuple[TelemetrySnapshot, dict[str, int]]:
         snapshot = await self.store.snapshot()
@@ -131,9 +133,22 @@ class Reconciler:
         self.routing = routing
         return [routing, *decisions]
 
+    async def restore_cooldowns(self) -> None:
+        """A restarted controller reads when each pool last changed from the recorded
+        decisions, so the cool-down still holds and a restart causes no burst of actions."""
+        for decision in await self.store.recent_decisions(count=500):
+            if decision.kind in ("scale_up", "scale_down"):
+                self.last_change_s[decision.target] = max(self.last_change_s.get(decision.target, 0.0), decision.timestamp_s)
+        self._cooldowns_restored = True
+
     async def reconcile_once(self, now_s: float | None = None) -> Plan:
         """Size each pool for its demand, then fit every site under the power it has now."""
         now_s = now_s if now_s is not None else time.time()
+        if not self._cooldowns_restored:
+            try:
+                await self.restore_cooldowns()
+            except ConnectionError:
+                log.warning("reconcile: cannot read past decisions yet; cool-downs start now")
         snapshot, current = await self.observe()
         plan = make_plan(snapshot, self.config, current, now_s, self.last_change_s)
         routing: list[WireRecord] = []
@@ -153,21 +168,25 @@ class Reconciler:
             await asyncio.sleep(self.interval_s)
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_restarts=-1)
 class ReconcilerActor:
-    """The loop as a detached Ray actor, so it lives with the cluster, not with `pavana up`."""
+    """The loop as a detached Ray actor, so it lives with the cluster, not with `pavana up`.
+
+    The loop starts in the constructor, on a thread of its own with its own event loop, so an
+    actor that Ray restarts after a crash (`max_restarts=-1`) resumes reconciling by itself;
+    it then takes up the routing plan and the cool-downs it finds in Redis."""
 
     def __init__(self, spec: dict[str, Any], app_name: str, interval_s: float) -> None:
         self.reconciler = Reconciler(ClusterSpec.parse(spec), app_name=app_name, interval_s=interval_s)
-        self._task: asyncio.Task | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self.reconciler.run()), name="reconcile", daemon=True)
+        self._thread.start()
 
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self.reconciler.run())
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
-    async def reconcile_once(self) -> dict[str, Any]:
-        plan = await self.reconciler.reconcile_once()
-        return {t.key: {"current": t.current, "desired": t.desired, "reason": t.reason} for t in plan.targets}
+    def last_plan(self) -> dict[str, Any] | None:
+        plan = self.reconciler.last_plan
+        return None if plan is None else {t.key: {"current": t.current, "desired": t.desired, "reason": t.reason} for t in plan.targets}
 
 
 def start_reconciler(spec: ClusterSpec, *, app_name: str = "pavana", interval_s: float = 5.0):
@@ -175,7 +194,8 @@ def start_reconciler(spec: ClusterSpec, *, app_name: str = "pavana", interval_s:
     actor = ReconcilerActor.options(
         name=RECONCILER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
     ).remote(spec.model_dump(mode="json"), app_name, interval_s)
-    ray.get(actor.start.remote())
+    if not ray.get(actor.alive.remote()):
+        raise RuntimeError("the reconcile loop did not start; see the pavana-reconciler actor's log")
     return actor
 
 

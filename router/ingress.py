@@ -432,11 +432,13 @@ class Ingress:
         try:
             self.admission.admit(qos_class)
         except Overloaded:  # counted: the autoscaler and the dashboard see refusals per class
-            self._publish(RequestRecord(
+            refused = RequestRecord(
                 request_id=prepared.request.request_id, qos_class=qos_class, site="", pool_path="", ttft_s=None,
                 tbt_p50_s=None, tbt_p99_s=None, prompt_tokens=prepared.request.num_prompt_tokens, output_tokens=0,
                 outcome="rejected", timestamp_s=time.time(), num_images=len(prepared.images),
-            ))
+            )
+            self._publish(refused)
+            self.dashboard.metrics.count(refused)
             raise
         stages = self._run_stages(prepared)
         try:
