@@ -5,6 +5,8 @@
   the pool returns to its size.
 - The vision pool down (it cannot be placed): text requests are unaffected, image requests
   get 503 with a clear message.
+- The controller actor killed: serving goes on, Ray restarts it, and it takes up the plan
+  without a burst of scaling actions.
 - After each fault and after draining, every replica's KV blocks are all free again.
 """
 
@@ -140,6 +142,45 @@ async def test_a_decode_replica_killed_mid_run_loses_no_request_that_had_not_str
     assert running("decode-local") == 2
     beats = await all_kv_free(spec)
     assert beats and all(h.free_kv_blocks == h.total_kv_blocks for h in beats), [(h.replica_id, h.free_kv_blocks) for h in beats]
+
+
+async def test_a_killed_controller_comes_back_and_keeps_the_plan_without_a_burst(cluster):
+    import ray
+
+    from controller.reconcile import NAMESPACE, RECONCILER_NAME, start_reconciler, stop_reconciler
+
+    spec, base = cluster
+    store = TelemetryStore.from_spec(spec)
+    actor = start_reconciler(spec, app_name=APP, interval_s=1.0)
+    try:
+        for _ in range(120):  # the first controller settles the pools: nothing left to change
+            plan = ray.get(actor.last_plan.remote())
+            if plan and all(t["current"] == t["desired"] for t in plan.values()):
+                break
+            await asyncio.sleep(1.0)
+        assert plan and all(t["current"] == t["desired"] for t in plan.values()), plan
+        killed_at = time.time()
+        ray.kill(actor, no_restart=False)  # a crash: Ray restarts the actor
+
+        body = {"model": spec.model.name, "prompt": "Serving goes on", "max_tokens": 4}
+        async with http(base) as client:
+            assert [(await client.post("/completions", json=body)).status_code for _ in range(4)] == [200] * 4
+
+        for _ in range(120):  # the controller is back and planning again
+            try:
+                restarted = ray.get_actor(RECONCILER_NAME, namespace=NAMESPACE)
+                if ray.get(restarted.alive.remote(), timeout=5) and (await store.read_plan()).timestamp_s > killed_at + 2:
+                    break
+            except (ValueError, ray.exceptions.RayError):
+                pass
+            await asyncio.sleep(1.0)
+        assert (await store.read_plan()).timestamp_s > killed_at + 2
+        await asyncio.sleep(3.0)  # a few more rounds
+        burst = [d for d in await store.recent_decisions(500) if d.timestamp_s > killed_at and d.kind in ("scale_up", "scale_down")]
+        assert burst == [], burst
+    finally:
+        stop_reconciler()
+        await store.close()
 
 
 def png_data_url() -> str:
