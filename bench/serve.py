@@ -54,15 +54,24 @@ class ServeOptions:
     progress: bool = True
 
 
-def _check(options: ServeOptions) -> None:
+def validate(options: ServeOptions) -> dict[str, float]:
+    """Everything about the options that can be checked before the server is asked anything;
+    returns the class mix."""
     if options.trace is None and options.rate is None:
         raise WorkloadError("give --trace FILE or --rate R (or both: the trace's lengths at synthetic arrivals)")
     if options.duration_s is None and options.num_requests is None and options.trace is None:
         raise WorkloadError("give --duration S or --num-requests N for synthetic arrivals")
+    if options.arrivals not in ("poisson", "gamma"):
+        raise WorkloadError(f"arrivals: must be 'poisson' or 'gamma', got {options.arrivals!r}")
     if options.warmup < 0:
         raise WorkloadError(f"warmup: must be >= 0, got {options.warmup}")
     if options.prompt_tokens < 1 or options.output_tokens < 1:
         raise WorkloadError("prompt_tokens and output_tokens: must be >= 1")
+    mix = parse_class_mix(options.classes)
+    missing = sorted(set(mix) - options.targets.keys())
+    if missing:
+        raise WorkloadError(f"classes: no SLO targets for {missing}; known classes {sorted(options.targets)}")
+    return mix
 
 
 def served_model(url: str, api_key: str | None, timeout_s: float = 30.0) -> tuple[str, int | None]:
@@ -78,11 +87,7 @@ def served_model(url: str, api_key: str | None, timeout_s: float = 30.0) -> tupl
 
 def build_requests(options: ServeOptions, tokenizer: TextTokenizer, model: str, max_context: int | None) -> tuple[list[HTTPRequest], dict[str, Any]]:
     """The run's requests and the description of its workload that the report carries."""
-    _check(options)
-    mix = parse_class_mix(options.classes)
-    missing = sorted(set(mix) - options.targets.keys())
-    if missing:
-        raise WorkloadError(f"classes: no SLO targets for {missing}; known classes {sorted(options.targets)}")
+    mix = validate(options)
     count = None if options.duration_s is not None else options.num_requests
     workload: dict[str, Any] = {"url": options.url, "model": model, "classes": options.classes, "seed": options.seed}
     trace_images = None
@@ -124,6 +129,7 @@ def build_requests(options: ServeOptions, tokenizer: TextTokenizer, model: str, 
 
 def run_serve(options: ServeOptions, tokenizer: TextTokenizer) -> dict[str, Any]:
     """Build, send, record, report. Returns the report (also in `out_dir`)."""
+    validate(options)
     model, max_context = served_model(options.url, options.api_key)
     if options.model is not None:
         model = options.model

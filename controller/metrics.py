@@ -122,9 +122,13 @@ class RequestMetrics:
         self.registry.register(self._telemetry)
         self._exposed = _WithoutCreated(self.registry)
 
+    def count(self, record: RequestRecord) -> None:
+        """Count a request that never ran (refused by admission): no latency to observe."""
+        self.requests.labels(record.qos_class, record.site, record.pool_path, record.outcome).inc()
+
     def observe(self, record: RequestRecord, e2e_s: float, token_gaps_s: Iterable[float] = ()) -> None:
         """Count one finished request; called once per request as its stream ends."""
-        self.requests.labels(record.qos_class, record.site, record.pool_path, record.outcome).inc()
+        self.count(record)
         self.latency.labels(record.qos_class).observe(e2e_s)
         if record.ttft_s is not None:
             self.ttft.labels(record.qos_class, record.site).observe(record.ttft_s)

@@ -158,3 +158,17 @@ async def test_a_request_stream_feeds_the_counters_as_it_ends():
     latency = frozenset({"qos_class": "interactive"}.items())
     assert got[("pavana_request_latency_seconds_sum", latency)] >= 5 * 0.02
     assert [r.outcome for r in published] == ["ok", "error"]  # the records still go to telemetry
+
+
+def test_a_refused_request_is_counted_without_a_latency():
+    metrics = RequestMetrics(spec())
+    refused = RequestRecord(
+        request_id="x", qos_class="interactive", site="", pool_path="", ttft_s=None, tbt_p50_s=None, tbt_p99_s=None,
+        prompt_tokens=3, output_tokens=0, outcome="rejected", timestamp_s=NOW,
+    )
+    metrics.count(refused)
+    metrics.count(refused)
+    got = samples(metrics.exposition(TelemetrySnapshot(), None, NOW).decode())
+    labels = {"qos_class": "interactive", "site": "", "pool_path": "", "outcome": "rejected"}
+    assert got[("pavana_requests_total", frozenset(labels.items()))] == 2
+    assert not any(name.startswith("pavana_request_latency_seconds") for name, _ in got)

@@ -110,3 +110,15 @@ def test_the_build_context_holds_what_the_image_copies():
 @pytest.mark.parametrize("path", [".venv/bin/python", "tests/conftest.py", "cluster/__pycache__/spec.cpython-311.pyc", "benchmarks/results/engine.json", "deploy/specs/default.yaml", ".git/HEAD"])
 def test_the_build_context_leaves_out_the_rest(path):
     assert not included(path)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_ray_container_runs_one_image_with_the_pinned_ray(overlay):
+    rayservice = next(r for r in rendered(f"overlays/{overlay}") if r["kind"] == "RayService")
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    templates = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]
+    # Ray refuses nodes of another Ray version, and the driver in the keeper is one too
+    assert len({c["image"] for t in templates for c in t["spec"]["containers"]}) == 1
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    (ray_pin,) = [d for d in deps if d.startswith("ray[")]
+    assert ray_pin.split("==")[1] == cluster["rayVersion"]

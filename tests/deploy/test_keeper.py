@@ -58,3 +58,53 @@ def test_the_head_sidecar_runs_it_with_the_mounted_spec(keeper):
     with pytest.raises(SystemExit) as exit_:
         keeper.main(["--help"])
     assert exit_.value.code == 0
+
+
+@pytest.mark.ray
+@pytest.mark.redis
+def test_starts_the_reconcile_actor_on_a_real_cluster(keeper, ray_cluster, tmp_path):
+    """Against the real local Ray cluster: the keeper waits for the application, then starts
+    the detached reconcile actor, which outlives the keeper."""
+    import uuid
+
+    import ray
+    from ray import serve
+
+    from controller.reconcile import NAMESPACE, RECONCILER_NAME
+
+    app_name = f"keeper-{uuid.uuid4().hex[:8]}"
+    spec = tmp_path / "cluster.yaml"
+    spec.write_text(f"redis_url: redis://127.0.0.1:6379\ntelemetry_prefix: test:{uuid.uuid4().hex}\n")
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class Hello:
+        def __call__(self, request) -> str:
+            return "hello"
+
+    assert not keeper.reconciler_alive()
+    stop = threading.Event()
+    thread = threading.Thread(target=keeper.keep, args=(str(spec), "unused:0", app_name, 0.2, stop), daemon=True)
+    try:
+        thread.start()
+        stop.wait(1.0)
+        assert not keeper.reconciler_alive()  # no application yet: it waits
+        serve.run(Hello.bind(), name=app_name, route_prefix=f"/{app_name}")
+        assert keeper.application_status(app_name) == "RUNNING"
+        for _ in range(300):
+            if keeper.reconciler_alive():
+                break
+            stop.wait(0.2)
+        assert keeper.reconciler_alive()
+        stop.set()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        assert keeper.reconciler_alive()  # detached: the keeper's exit leaves it running
+        assert ray.is_initialized()  # and it closed no connection it did not open
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        try:
+            ray.kill(ray.get_actor(RECONCILER_NAME, namespace=NAMESPACE))
+        except ValueError:
+            pass
+        serve.delete(app_name)

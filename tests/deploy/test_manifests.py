@@ -179,3 +179,43 @@ def test_site_resources_parse_as_kuberay_passes_them():
         site_resources({"resources": '{"site.farm-a": 1000}'})
     with pytest.raises(ManifestError, match="not JSON"):
         site_resources({"resources": '"{site.farm-a: 1000}"'})
+
+
+def scrape_job_problems(job: dict, resources: list) -> list[str]:
+    """Why a plain Prometheus job would not scrape the Ray head's /metrics with the token."""
+    rayservice = one(resources, "RayService")
+    head = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
+    labels, annotations = head["metadata"]["labels"], head["metadata"]["annotations"]
+    found = []
+    keep = [r for r in job["relabel_configs"] if r.get("action") == "keep"]
+    label_rule = next((r for r in keep if r["source_labels"][0].startswith("__meta_kubernetes_pod_label_")), None)
+    if label_rule is None:
+        found.append("no keep rule on pod labels")
+    else:
+        names = [s.removeprefix("__meta_kubernetes_pod_label_") for s in label_rule["source_labels"]]
+        values = [labels.get(k.replace("app_kubernetes_io_", "app.kubernetes.io/"), "") for k in names]
+        if ";".join(values) != label_rule["regex"]:
+            found.append(f"keep rule {label_rule['regex']!r} does not match the head's labels {values}")
+    ports = {p["name"]: p["containerPort"] for c in head["spec"]["containers"] for p in c.get("ports", [])}
+    if int(annotations.get("prometheus.io/port", 0)) != ports.get("serve"):
+        found.append("prometheus.io/port is not the head's serve port")
+    if annotations.get("prometheus.io/path") != job["metrics_path"] or job["metrics_path"] != "/metrics":
+        found.append("the path annotation and the job's metrics_path disagree")
+    auth = job.get("authorization") or {}
+    secret_dir, _, key = auth.get("credentials_file", "").rpartition("/")
+    if auth.get("type") != "Bearer" or not secret_dir.endswith("/pavana-secrets") or key not in one(resources, "Secret")["stringData"]:
+        found.append("the job does not send the operator token from the Secret pavana-secrets")
+    return found
+
+
+def test_plain_prometheus_job_scrapes_the_head_with_the_token():
+    import yaml
+
+    from deploy_fixtures import KUBERAY
+
+    (job,) = yaml.safe_load((KUBERAY / "monitoring" / "prometheus-scrape.yaml").read_text())["scrape_configs"]
+    resources = rendered("base")
+    assert scrape_job_problems(job, resources) == []
+    job["authorization"]["credentials_file"] = "/etc/prometheus/secrets/pavana-secrets/token"
+    job["relabel_configs"][0]["regex"] = "pavana;ray-worker"
+    assert len(scrape_job_problems(job, resources)) == 2

@@ -61,10 +61,12 @@ def keep(spec_path: str, address: str, app_name: str, period_s: float, stop: thr
 
     from controller.reconcile import start_reconciler
 
+    joined = False  # only a connection made here is closed here
     while not stop.is_set():
         try:
             if not ray.is_initialized():
                 ray.init(address=address, namespace="pavana", log_to_driver=False)
+                joined = True
                 log.info("joined the Ray cluster at %s", address)
             step = next_step(application_status(app_name), reconciler_alive())
             if step == "start":
@@ -72,10 +74,11 @@ def keep(spec_path: str, address: str, app_name: str, period_s: float, stop: thr
                 log.info("started the reconcile loop for application %r", app_name)
         except Exception as exc:  # the head may be starting or restarting: try again later
             log.warning("keeper: %s: %s", type(exc).__name__, exc)
-            if ray.is_initialized():
+            if joined:
                 ray.shutdown()
+                joined = False
         stop.wait(period_s)
-    if ray.is_initialized():
+    if joined:
         ray.shutdown()  # the reconcile actor is detached: it outlives this driver
 
 
