@@ -128,6 +128,26 @@ def bench_power(quick: bool = QuickOption, json_path: Optional[Path] = JsonOptio
     main(quick=quick, json_path=json_path)
 
 
+@bench_app.command("overload")
+def bench_overload(quick: bool = QuickOption, json_path: Optional[Path] = JsonOption) -> None:
+    """QoS at 1.5× the local cluster's capacity: interactive TTFT against its SLO, refusals per class."""
+    from benchmarks.overload import main
+
+    main(quick=quick, json_path=json_path)
+
+
+@bench_app.command("soak")
+def bench_soak(
+    quick: bool = QuickOption,
+    json_path: Optional[Path] = JsonOption,
+    minutes: Optional[float] = typer.Option(None, help="how long to soak (default 10, 2 with --quick)"),
+) -> None:
+    """A bounded soak at 80% of capacity: lost requests, memory per Ray process, leaked KV blocks."""
+    from benchmarks.soak import main
+
+    main(quick=quick, json_path=json_path, minutes=minutes)
+
+
 @bench_app.command("vision")
 def bench_vision(quick: bool = QuickOption, json_path: Optional[Path] = JsonOption) -> None:
     """Vision encoder images/s by batch size (bytes in, and forward only) and the prefill tokens of one image."""

@@ -1,0 +1,163 @@
+"""`pavana bench overload`: QoS classes under 1.5× the capacity of a local cluster (after Niyama).
+
+1. Capacity. Interactive-only Poisson traffic at rising rates against one colocated replica,
+   admission wide open; the capacity is the highest rate whose interactive TTFT P99 is within
+   the interactive SLO with no request failing.
+2. Overload. Poisson traffic at 1.5× that rate, a mix of interactive, standard and batch
+   requests, replayed twice with the same arrivals: once without QoS (every class equal, all
+   admitted: first come, first served) and once with Pavana's QoS (classes ordered in the
+   engine's scheduler, lower classes refused at admission with 429 + Retry-After as the
+   ingress fills). The ingress's `max_in_flight` comes from Little's law at capacity
+   (capacity × mean end-to-end latency there, × 1.5 headroom).
+
+Reports the interactive TTFT P99 against its SLO in both runs, refusals per class, goodput per
+class. JSON keys `interactive_ttft_p99_s`, `interactive_ttft_slo_s`, `refused_by_class` (the
+QoS run) and `baseline` (the run without QoS).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.common import command_line, machine_info, run_from_command_line, write_json
+from benchmarks.local_serving import API_KEY, deployed, local_serve, poisson_requests, replay
+
+console = Console()
+PROMPT_TOKENS, OUTPUT_TOKENS = 192, 24
+MIX = {"interactive": 0.3, "standard": 0.3, "batch": 0.4}
+CLASSES = [  # name, priority, TTFT SLO, TBT SLO, admit below this share of max_in_flight
+    ("interactive", 0, 1.5, 0.5, 1.0),
+    ("standard", 1, 6.0, 1.0, 0.8),
+    ("batch", 2, 30.0, 2.0, 0.6),
+]
+OVERLOAD = 1.5
+OPEN = 100_000  # max_in_flight that never refuses
+
+
+def spec_for(ports, *, qos: bool, max_in_flight: int = OPEN):
+    from cluster.spec import ClusterSpec
+
+    classes = [
+        {"name": n, "priority": p if qos else 0, "slo": {"ttft_s": t, "tbt_s": b}, "admit_below_load": a if qos else 1.0}
+        for n, p, t, b, a in CLASSES
+    ]
+    return ClusterSpec.parse({
+        "topology": "colocated",
+        "pools": {"colocated": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}},
+        "engine": {"num_threads": 2},
+        "qos_classes": classes,
+        "max_in_flight": max_in_flight,
+        "api_keys": [API_KEY],
+        "telemetry_prefix": f"bench-overload:{uuid.uuid4().hex}",
+        "http_port": ports.http_port,
+        "grpc_port": ports.grpc_port,
+    })
+
+
+def report_of(records: list, spec) -> dict[str, Any]:
+    from bench.report import build_report
+    from bench.serve import targets_from_spec
+
+    report = build_report(records, targets_from_spec(spec), workload={})
+    refused: dict[str, int] = {name: 0 for name in MIX}
+    for r in records:
+        if not r.warmup and r.status == 429:
+            refused[r.qos_class] += 1
+    report["refused_by_class"] = refused
+    return report
+
+
+def find_capacity(url: str, tokenizer, spec, rates: list[float], duration_s: float) -> tuple[float, float, list[dict[str, Any]]]:
+    """The highest rate in `rates` meeting the interactive TTFT SLO, and the mean end-to-end
+    latency there."""
+    slo = spec.qos_class("interactive").slo.ttft_s
+    capacity, e2e, probes = 0.0, 0.0, []
+    for i, rate in enumerate(rates):
+        requests = poisson_requests(url, tokenizer, rate=rate, duration_s=duration_s, classes={"interactive": 1.0},
+                                    prompt_tokens=PROMPT_TOKENS, output_tokens=OUTPUT_TOKENS, seed=100 + i)
+        report = report_of(replay(url, requests, warmup=2), spec)
+        ok = report["num_failed"] == 0 and report["ttft_p99_s"] is not None and report["ttft_p99_s"] <= slo
+        probes.append({"rate_rps": rate, "ttft_p99_s": report["ttft_p99_s"], "e2e_p50_s": report["e2e_p50_s"],
+                       "num_requests": report["num_requests"], "num_failed": report["num_failed"], "within_slo": ok})
+        console.print(f"probe {rate:.2f} req/s: interactive TTFT p99 {report['ttft_p99_s']:.2f} s (SLO {slo} s) -> {'ok' if ok else 'over'}")
+        if not ok:
+            break
+        capacity, e2e = rate, report["e2e_p50_s"]
+    if capacity == 0.0:
+        raise RuntimeError(f"not even {rates[0]} req/s meets the interactive TTFT SLO of {slo} s on this machine")
+    return capacity, e2e, probes
+
+
+def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
+    from workers.engine.default_model import ensure_default_model
+    from workers.engine.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_dir(ensure_default_model())
+    rates = [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0]
+    probe_s, overload_s = (15.0, 30.0) if quick else (40.0, 120.0)
+    started = time.perf_counter()
+    with local_serve() as ports:
+        open_spec = spec_for(ports, qos=False)
+        with deployed(open_spec, "overload", ports) as url:
+            capacity, e2e_at_capacity, probes = find_capacity(url, tokenizer, open_spec, rates, probe_s)
+        offered = OVERLOAD * capacity
+        max_in_flight = max(2, math.ceil(capacity * e2e_at_capacity * 1.5))
+        console.print(f"capacity {capacity:.2f} req/s; offering {offered:.2f} req/s; QoS max_in_flight {max_in_flight}")
+        runs: dict[str, dict[str, Any]] = {}
+        for name, spec in (("without QoS", spec_for(ports, qos=False)), ("with QoS", spec_for(ports, qos=True, max_in_flight=max_in_flight))):
+            with deployed(spec, "overload", ports) as url:
+                requests = poisson_requests(url, tokenizer, rate=offered, duration_s=overload_s, classes=MIX,
+                                            prompt_tokens=PROMPT_TOKENS, output_tokens=OUTPUT_TOKENS, seed=7)
+                runs[name] = report_of(replay(url, requests, warmup=3), spec)
+    qos, base = runs["with QoS"], runs["without QoS"]
+    slo = dict((n, t) for n, _, t, _, _ in CLASSES)
+    result = {
+        "benchmark": "overload",
+        "quick": quick,
+        "machine": machine_info(),
+        "command": command_line(),
+        "wall_s": time.perf_counter() - started,
+        "prompt_tokens": PROMPT_TOKENS,
+        "output_tokens": OUTPUT_TOKENS,
+        "class_mix": MIX,
+        "capacity_rps": capacity,
+        "capacity_probes": probes,
+        "offered_rps": offered,
+        "overload_factor": OVERLOAD,
+        "max_in_flight": max_in_flight,
+        "interactive_ttft_p99_s": qos["classes"].get("interactive", {}).get("ttft_p99_s"),
+        "interactive_ttft_slo_s": slo["interactive"],
+        "refused_by_class": qos["refused_by_class"],
+        "classes": qos["classes"],
+        "baseline": {
+            "interactive_ttft_p99_s": base["classes"].get("interactive", {}).get("ttft_p99_s"),
+            "refused_by_class": base["refused_by_class"],
+            "classes": base["classes"],
+        },
+    }
+    table = Table(title=f"{offered:.2f} req/s offered = {OVERLOAD}× capacity ({capacity:.2f} req/s), {PROMPT_TOKENS}+{OUTPUT_TOKENS} tokens")
+    for col in ("run", "class", "TTFT p50 / p99 (s)", "SLO (s)", "served", "refused 429", "SLO attainment", "goodput (req/s)"):
+        table.add_column(col, justify="left" if col in ("run", "class") else "right")
+    for run_name, report in runs.items():
+        for cls in MIX:
+            c = report["classes"].get(cls)
+            if c is None:
+                continue
+            p50, p99 = c.get("ttft_p50_s"), c.get("ttft_p99_s")
+            table.add_row(run_name, cls, f"{p50:.2f} / {p99:.2f}" if p99 is not None else "–", f"{slo[cls]}",
+                          str(c["num_requests"] - c["num_failed"]), str(report["refused_by_class"][cls]),
+                          f"{c['slo_attainment']:.2f}", f"{c['goodput_rps']:.2f}")
+    console.print(table)
+    write_json(json_path, result)
+    return result
+
+
+if __name__ == "__main__":
+    run_from_command_line(main, __doc__)
