@@ -18,6 +18,9 @@ from workers.deployments import ColocatedReplica, DecodeReplica, PrefillReplica,
 
 APP_NAME = "pavana"
 INGRESS_NAME = "Ingress"
+# The ingress serves the operator dashboard and /metrics through this (the router never
+# imports the controller: it is handed the import path).
+OPERATOR_CONSOLE = "controller.dashboard.service:Dashboard"
 
 _REPLICA_CLASSES = {
     "prefill": PrefillReplica,
@@ -137,7 +140,7 @@ def build_app(spec: ClusterSpec, *, use_site_resources: bool = True) -> serve.Ap
             for stage, pool in spec.pools.items()
         }
     ingress = serve.deployment(Ingress).options(name=INGRESS_NAME, max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0})
-    return ingress.bind(spec.model_dump(mode="json"), pools)
+    return ingress.bind(spec.model_dump(mode="json"), pools, OPERATOR_CONSOLE)
 
 
 def app_builder(args: dict[str, str]) -> serve.Application:

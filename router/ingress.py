@@ -14,6 +14,7 @@ and a gRPC status code over gRPC, from the one mapping in `router/errors.py`.
 
 import asyncio
 import dataclasses
+import importlib
 import json
 import logging
 import random
@@ -34,7 +35,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cluster.records import RequestRecord
 from cluster.spec import ClusterSpec
 from cluster.telemetry import TelemetryPublisher, TelemetryStore
-from controller.dashboard.service import Dashboard
 from router.admission import QOS_HEADER, AdmissionControl, ClassPolicy, Overloaded, resolve_class
 from router.auth import APIKeys
 from router.errors import (
@@ -115,6 +115,15 @@ def _sse(payload: BaseModel | dict[str, Any]) -> str:
 
 
 SSE_DONE = "data: [DONE]\n\n"
+
+
+def _load_object(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _no_console() -> JSONResponse:
+    return JSONResponse(error_body("This deployment serves no operator console.", NOT_FOUND), status_code=404)
 
 
 class _GRPCFailure(Exception):
@@ -231,7 +240,10 @@ class _ChatFormat(_CompletionFormat):
 
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, spec: dict[str, Any], pools: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, spec: dict[str, Any], pools: dict[str, dict[str, Any]], console: str | None = None) -> None:
+        """`console` is the import path (`module:Class`) of the operator console that serves
+        `/dashboard` and `/metrics`; the controller passes its own, so the router never
+        imports the controller. Without one, those routes answer 404."""
         self.spec = ClusterSpec.model_validate(spec)
         self.tokenizer, self.facts = self._load_model(self.spec)
         self.prompts = PromptBuilder(
@@ -250,7 +262,7 @@ class Ingress:
         self._site_names = [site.name for site in self.spec.sites]
         self._readiness: tuple[float, bool, dict[str, str]] | None = None
         self.telemetry = TelemetryPublisher(TelemetryStore.from_spec(self.spec))
-        self.dashboard = Dashboard(self.spec, self.telemetry.store)
+        self.dashboard = _load_object(console)(self.spec, self.telemetry.store) if console else None
         self._site_view: SiteView | None = None
         self._site_refresher: asyncio.Task | None = None
         log.info("ingress up: model %s, context %d tokens, sites %s", self.facts.name, self.facts.max_model_len, self._site_names)
@@ -329,15 +341,15 @@ class Ingress:
     # The operator dashboard and Prometheus metrics (controller/dashboard), behind the operator token.
     @app.get("/dashboard")
     async def dashboard_page(self) -> Response:
-        return self.dashboard.page()
+        return self.dashboard.page() if self.dashboard else _no_console()
 
     @app.get("/dashboard/{path:path}")
     async def dashboard_route(self, path: str, request: Request) -> Response:
-        return await self.dashboard.route(path, request.headers.get("authorization"))
+        return await self.dashboard.route(path, request.headers.get("authorization")) if self.dashboard else _no_console()
 
     @app.get("/metrics")
     async def prometheus_metrics(self, request: Request) -> Response:
-        return await self.dashboard.scrape(request.headers.get("authorization"))
+        return await self.dashboard.scrape(request.headers.get("authorization")) if self.dashboard else _no_console()
 
     @app.get("/v1/models")
     async def list_models(self, request: Request) -> Response:
@@ -438,7 +450,8 @@ class Ingress:
                 outcome="rejected", timestamp_s=time.time(), num_images=len(prepared.images),
             )
             self._publish(refused)
-            self.dashboard.metrics.count(refused)
+            if self.dashboard is not None:
+                self.dashboard.metrics.count(refused)
             raise
         stages = self._run_stages(prepared)
         try:
@@ -461,7 +474,7 @@ class Ingress:
             pool_path=">".join(stages),
             prompt_tokens=prepared.request.num_prompt_tokens,
             num_images=len(prepared.images),
-            observe=self.dashboard.metrics.observe,
+            observe=self.dashboard.metrics.observe if self.dashboard is not None else None,
         )
         try:
             async for chunk in stream:
