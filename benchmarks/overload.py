@@ -30,7 +30,7 @@ from benchmarks.common import command_line, machine_info, run_from_command_line,
 from benchmarks.local_serving import API_KEY, deployed, local_serve, poisson_requests, replay
 
 console = Console()
-PROMPT_TOKENS, OUTPUT_TOKENS = 192, 24
+PROMPT_TOKENS, OUTPUT_TOKENS = 256, 64
 MIX = {"interactive": 0.3, "standard": 0.3, "batch": 0.4}
 CLASSES = [  # name, priority, TTFT SLO, TBT SLO, admit below this share of max_in_flight
     ("interactive", 0, 1.5, 0.5, 1.0),
@@ -74,11 +74,19 @@ def report_of(records: list, spec) -> dict[str, Any]:
     return report
 
 
-def find_capacity(url: str, tokenizer, spec, rates: list[float], duration_s: float) -> tuple[float, float, list[dict[str, Any]]]:
-    """The highest rate in `rates` meeting the interactive TTFT SLO, and the mean end-to-end
-    latency there."""
+def find_capacity(url: str, tokenizer, spec, duration_s: float, *, start: float = 1.0, growth: float = 1.5,
+                  most: float = 64.0, refine: int = 2) -> tuple[float, float, list[dict[str, Any]]]:
+    """The highest probed rate meeting the interactive TTFT SLO, and the median end-to-end
+    latency there: rates grow by `growth` from `start` until one fails, then `refine`
+    bisection steps between the last good and the first bad rate."""
     slo = spec.qos_class("interactive").slo.ttft_s
     capacity, e2e, probes = 0.0, 0.0, []
+    rates = []
+    rate = start
+    while rate <= most:
+        rates.append(rate)
+        rate *= growth
+    failed_at = None
     for i, rate in enumerate(rates):
         requests = poisson_requests(url, tokenizer, rate=rate, duration_s=duration_s, classes={"interactive": 1.0},
                                     prompt_tokens=PROMPT_TOKENS, output_tokens=OUTPUT_TOKENS, seed=100 + i)
@@ -88,10 +96,24 @@ def find_capacity(url: str, tokenizer, spec, rates: list[float], duration_s: flo
                        "num_requests": report["num_requests"], "num_failed": report["num_failed"], "within_slo": ok})
         console.print(f"probe {rate:.2f} req/s: interactive TTFT p99 {report['ttft_p99_s']:.2f} s (SLO {slo} s) -> {'ok' if ok else 'over'}")
         if not ok:
+            failed_at = rate
             break
         capacity, e2e = rate, report["e2e_p50_s"]
     if capacity == 0.0:
         raise RuntimeError(f"not even {rates[0]} req/s meets the interactive TTFT SLO of {slo} s on this machine")
+    for k in range(refine if failed_at is not None else 0):
+        rate = (capacity + failed_at) / 2
+        requests = poisson_requests(url, tokenizer, rate=rate, duration_s=duration_s, classes={"interactive": 1.0},
+                                    prompt_tokens=PROMPT_TOKENS, output_tokens=OUTPUT_TOKENS, seed=200 + k)
+        report = report_of(replay(url, requests, warmup=2), spec)
+        ok = report["num_failed"] == 0 and report["ttft_p99_s"] is not None and report["ttft_p99_s"] <= slo
+        probes.append({"rate_rps": rate, "ttft_p99_s": report["ttft_p99_s"], "e2e_p50_s": report["e2e_p50_s"],
+                       "num_requests": report["num_requests"], "num_failed": report["num_failed"], "within_slo": ok})
+        console.print(f"probe {rate:.2f} req/s: interactive TTFT p99 {report['ttft_p99_s']:.2f} s (SLO {slo} s) -> {'ok' if ok else 'over'}")
+        if ok:
+            capacity, e2e = rate, report["e2e_p50_s"]
+        else:
+            failed_at = rate
     return capacity, e2e, probes
 
 
@@ -100,13 +122,12 @@ def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
     from workers.engine.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_dir(ensure_default_model())
-    rates = [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0]
     probe_s, overload_s = (15.0, 30.0) if quick else (40.0, 120.0)
     started = time.perf_counter()
     with local_serve() as ports:
         open_spec = spec_for(ports, qos=False)
         with deployed(open_spec, "overload", ports) as url:
-            capacity, e2e_at_capacity, probes = find_capacity(url, tokenizer, open_spec, rates, probe_s)
+            capacity, e2e_at_capacity, probes = find_capacity(url, tokenizer, open_spec, probe_s)
         offered = OVERLOAD * capacity
         max_in_flight = max(2, math.ceil(capacity * e2e_at_capacity * 1.5))
         console.print(f"capacity {capacity:.2f} req/s; offering {offered:.2f} req/s; QoS max_in_flight {max_in_flight}")

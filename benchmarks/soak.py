@@ -25,9 +25,9 @@ from rich.table import Table
 
 from benchmarks.common import command_line, machine_info, run_from_command_line, write_json
 from benchmarks.local_serving import API_KEY, deployed, local_serve, poisson_requests, replay
+from benchmarks.overload import OUTPUT_TOKENS, PROMPT_TOKENS, find_capacity
 
 console = Console()
-PROMPT_TOKENS, OUTPUT_TOKENS = 192, 24
 LOAD = 0.8
 SEGMENT_S = 30.0
 MEMORY_BOUND_MB = 64.0
@@ -93,7 +93,6 @@ async def kv_state(spec, timeout_s: float = 30.0) -> list[dict[str, Any]]:
 
 
 def main(quick: bool = False, json_path: Path | None = None, minutes: float | None = None) -> dict[str, Any]:
-    from benchmarks.overload import find_capacity
     from workers.engine.default_model import ensure_default_model
     from workers.engine.tokenizer import Tokenizer
 
@@ -103,7 +102,7 @@ def main(quick: bool = False, json_path: Path | None = None, minutes: float | No
     with local_serve() as ports:
         spec = spec_for(ports)
         with deployed(spec, "soak", ports) as url:
-            capacity, _, probes = find_capacity(url, tokenizer, spec, [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0], 15.0 if quick else 30.0)
+            capacity, _, probes = find_capacity(url, tokenizer, spec, 15.0 if quick else 30.0)
             rate = LOAD * capacity
             segments = max(2, round(minutes * 60 / SEGMENT_S))
             console.print(f"capacity {capacity:.2f} req/s; soaking at {rate:.2f} req/s for {segments} × {SEGMENT_S:.0f} s")

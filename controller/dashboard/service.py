@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from cluster.records import Decision, Plan, RecordError, TelemetrySnapshot
+from cluster.records import Decision, Plan, RecordError, RoutingPlan, TelemetrySnapshot
 from cluster.spec import ClusterSpec
 from cluster.telemetry import TelemetryStore, TelemetryUnavailable
 from controller.dashboard.auth import OperatorToken
@@ -56,25 +56,27 @@ class Dashboard:
         self._files = _static_files()
         self._cache: dict[str, bytes] = {}
         self._read_at = -1.0
-        self._read: tuple[TelemetrySnapshot, Plan | None, list[Decision]] | None = None
+        self._read: tuple[TelemetrySnapshot, Plan | None, list[Decision], RoutingPlan | None] | None = None
 
     # -- reading telemetry ----------------------------------------------------------------------
-    async def read(self) -> tuple[TelemetrySnapshot, Plan | None, list[Decision]]:
-        """Snapshot, plan and decisions; with Redis away, the last snapshot (marked stale), no
-        plan and no decisions rather than an error."""
+    async def read(self) -> tuple[TelemetrySnapshot, Plan | None, list[Decision], RoutingPlan | None]:
+        """Snapshot, plan, decisions and routing plan; with Redis away, the last snapshot
+        (marked stale), no plans and no decisions rather than an error."""
         now = time.monotonic()
         if self._read is not None and now - self._read_at < READ_CACHE_S:
             return self._read
         snapshot = await self.store.snapshot()
         plan: Plan | None = None
         decisions: list[Decision] = []
+        routing: RoutingPlan | None = None
         if not snapshot.stale:
             try:
                 plan = await self.store.read_plan()
                 decisions = await self.store.recent_decisions(DECISIONS_SHOWN)
+                routing = await self.store.read_routing()
             except (TelemetryUnavailable, RecordError) as exc:
                 log.warning("dashboard: plan or decisions unreadable: %s", exc)
-        self._read, self._read_at = (snapshot, plan, decisions), now
+        self._read, self._read_at = (snapshot, plan, decisions, routing), now
         return self._read
 
     # -- routes -----------------------------------------------------------------------------------
@@ -98,8 +100,8 @@ class Dashboard:
             self.token.check_http(authorization)
         except APIError as exc:
             return _error(exc)
-        snapshot, plan, decisions = await self.read()
-        state = build_state(snapshot, plan, decisions, self.spec, time.time())
+        snapshot, plan, decisions, routing = await self.read()
+        state = build_state(snapshot, plan, decisions, self.spec, time.time(), routing)
         return Response(json.dumps(state, allow_nan=False), media_type="application/json", headers={"Cache-Control": "no-store"})
 
     async def scrape(self, authorization: str | None) -> Response:
@@ -107,7 +109,7 @@ class Dashboard:
             self.token.check_http(authorization)
         except APIError as exc:
             return _error(exc)
-        snapshot, plan, _ = await self.read()
+        snapshot, plan, _, _ = await self.read()
         return Response(self.metrics.exposition(snapshot, plan, time.time()), media_type=CONTENT_TYPE)
 
     def _bytes(self, path: Path) -> bytes:

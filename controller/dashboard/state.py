@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cluster.records import Decision, Plan, ReplicaHeartbeat, RequestRecord, TelemetrySnapshot, pool_key
+from cluster.records import Decision, Plan, ReplicaHeartbeat, RequestRecord, RoutingPlan, TelemetrySnapshot, pool_key
 from cluster.spec import ClusterSpec
 from controller.status import slo_attainment
 
@@ -185,9 +185,11 @@ def build_state(
     decisions: Sequence[Decision],
     spec: ClusterSpec,
     now_s: float,
+    routing: RoutingPlan | None = None,
 ) -> dict[str, Any]:
     """The dashboard's JSON: pools × sites, power per site, request rate, latency and SLO
-    attainment per class, and the latest decisions (newest first) with their reasons."""
+    attainment per class, the power planner's traffic shares and power modes, and the latest
+    decisions (newest first) with their reasons."""
     latest = recent(snapshot.requests, now_s, RATE_WINDOW_S)
     outcomes: dict[str, int] = {}
     for r in recent(snapshot.requests, now_s, STATS_WINDOW_S):
@@ -207,6 +209,12 @@ def build_state(
         },
         "classes": [asdict(row) for row in class_rows(snapshot, spec, now_s)],
         "plan": None if plan is None else {"timestamp_s": plan.timestamp_s, "age_s": now_s - plan.timestamp_s},
+        "routing": None if routing is None else {
+            "age_s": now_s - routing.timestamp_s,
+            "shares": [{"qos_class": c, "site": site, "share": share} for c, by_site in sorted(routing.shares.items()) for site, share in sorted(by_site.items())],
+            "modes": [{"site": site, "modes": dict(modes), "planned_power_w": routing.planned_power_w.get(site)} for site, modes in sorted(routing.modes.items())],
+            "goodput_rps": routing.goodput_rps,
+        },
         "decisions": [
             {**asdict(d), "source": decision_source(d)}
             for d in sorted(decisions, key=lambda d: d.timestamp_s, reverse=True)

@@ -195,3 +195,18 @@ async def test_the_service_answers_before_any_telemetry_read():
     redirect = await dashboard.route("", None)
     assert redirect.status_code == 307 and redirect.headers["location"] == "../dashboard"
     await nowhere.close()
+
+
+def test_the_power_planners_shares_and_modes_are_shown():
+    from cluster.records import RoutingPlan
+
+    routing = RoutingPlan(
+        shares={"interactive": {"a": 0.75, "b": 0.25}}, modes={"a": {"full": 2, "capped": 1}, "b": {"full": 0, "capped": 0}},
+        planned_power_w={"a": 780.0, "b": 0.0}, reasons={}, goodput_rps=3.0, timestamp_s=NOW - 10.0,
+    )
+    state = build_state(TelemetrySnapshot(taken_at_s=NOW), None, [], spec(), NOW, routing)
+    assert state["routing"]["age_s"] == 10.0
+    assert {(s["site"], s["share"]) for s in state["routing"]["shares"]} == {("a", 0.75), ("b", 0.25)}
+    assert state["routing"]["modes"][0] == {"site": "a", "modes": {"full": 2, "capped": 1}, "planned_power_w": 780.0}
+    assert build_state(TelemetrySnapshot(taken_at_s=NOW), None, [], spec(), NOW)["routing"] is None
+    json.dumps(state, allow_nan=False)

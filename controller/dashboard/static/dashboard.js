@@ -140,6 +140,28 @@ function renderClasses(state) {
   $("stats-window").textContent = `last ${fmt.int(state.requests.stats_window_s / 60)} min`;
 }
 
+function renderRouting(state) {
+  const r = state.routing;
+  $("no-routing").hidden = r !== null;
+  $("shares").hidden = $("modes").hidden = r === null;
+  $("routing-age").textContent = r ? `plan ${fmt.num(r.age_s)} s old` : "";
+  if (r === null) return;
+  $("shares").querySelector("tbody").replaceChildren(...r.shares.map((s) => {
+    const tr = document.createElement("tr");
+    cell(tr, s.qos_class);
+    cell(tr, s.site, "site");
+    cell(tr, fmt.pct(s.share), "num share");
+    return tr;
+  }));
+  $("modes").querySelector("tbody").replaceChildren(...r.modes.map((m) => {
+    const tr = document.createElement("tr");
+    cell(tr, m.site, "site");
+    cell(tr, m.planned_power_w === null ? "–" : `${fmt.int(m.planned_power_w)} W`, "num");
+    cell(tr, Object.entries(m.modes).map(([mode, n]) => `${n} ${mode}`).join(", ") || "none");
+    return tr;
+  }));
+}
+
 function renderDecisions(state) {
   const list = $("decisions");
   list.replaceChildren(...state.decisions.map((d) => {
@@ -202,6 +224,7 @@ function render(state) {
   else setStatus("live", `live · ${state.model} · ${new Date(state.now_s * 1000).toLocaleTimeString()}`);
   renderPools(state);
   renderClasses(state);
+  renderRouting(state);
   renderDecisions(state);
   renderCharts(state);
 }
