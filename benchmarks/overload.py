@@ -74,7 +74,7 @@ def report_of(records: list, spec) -> dict[str, Any]:
     return report
 
 
-def find_capacity(url: str, tokenizer, spec, duration_s: float, *, start: float = 1.0, growth: float = 1.5,
+def find_capacity(url: str, tokenizer, spec, duration_s: float, *, start: float = 0.5, growth: float = 1.5,
                   most: float = 64.0, refine: int = 2) -> tuple[float, float, list[dict[str, Any]]]:
     """The highest probed rate meeting the interactive TTFT SLO, and the median end-to-end
     latency there: rates grow by `growth` from `start` until one fails, then `refine`

@@ -8,6 +8,7 @@ or its memory (a body of any size). So the ingress refuses, each with OpenAI's e
 - headers over `max_headers` or `max_header_bytes`: 431, before the body is read;
 - a body over `max_body_bytes`: 413, from `Content-Length` before reading a byte, or as soon
   as a chunked body passes the limit;
+- a body still incomplete after `body_timeout_s` (a client that trickles or stalls): 408;
 - a gRPC message over `max_grpc_message_bytes`: gRPC's `RESOURCE_EXHAUSTED`;
 - more than `max_images` images, or an image data URL over `max_image_url_chars`: 400;
 - a prompt with more characters than the context can possibly hold: 400, without tokenizing.
@@ -22,12 +23,13 @@ byte), so a text of more than `context x longest token` characters cannot fit. A
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from router.errors import INVALID_REQUEST, APIError, error_body
+from router.errors import INVALID_REQUEST, APIError
 
 MiB = 1024 * 1024
 PROMPT_CHARS_SLACK = 2
@@ -50,11 +52,12 @@ class RequestLimits:
     max_grpc_message_bytes: int = 8 * MiB
     max_images: int = 16
     max_image_url_chars: int = 6 * MiB
+    body_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
-        bad = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) < 1}
+        bad = {f.name: getattr(self, f.name) for f in fields(self) if not getattr(self, f.name) > 0}
         if bad:
-            raise ValueError(f"RequestLimits: every limit must be >= 1, got {bad}")
+            raise ValueError(f"RequestLimits: every limit must be > 0, got {bad}")
 
 
 DEFAULT_LIMITS = RequestLimits()
@@ -125,19 +128,27 @@ class RequestLimitsMiddleware:
         self.app = app
         self.limits = limits
 
+    def limits_for(self, scope: Scope) -> RequestLimits:
+        """The application's own limits when it has set them (`app.state.request_limits`, for
+        limits that come from configuration after the middleware is installed), else these."""
+        state = getattr(scope.get("app"), "state", None)
+        limits = getattr(state, "request_limits", None)
+        return limits if isinstance(limits, RequestLimits) else self.limits
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = scope.get("headers") or []
+        limits = self.limits_for(scope)
         try:
-            refusal = header_refusal(headers, self.limits)
+            refusal = header_refusal(headers, limits)
             if refusal is not None:
                 raise refusal
             has_body, length = declared_length(headers)
-            if length is not None and length > self.limits.max_body_bytes:
-                raise body_too_large(self.limits.max_body_bytes, length)
-            body = await self._read_body(receive) if has_body else None
+            if length is not None and length > limits.max_body_bytes:
+                raise body_too_large(limits.max_body_bytes, length)
+            body = await _read_body(receive, limits) if has_body else None
         except APIError as err:
             await send_error(send, err)
             return
@@ -148,24 +159,33 @@ class RequestLimitsMiddleware:
             return
         await self.app(scope, _replay(body, receive), send)
 
-    async def _read_body(self, receive: Receive) -> bytes:
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limits.max_body_bytes:
-                raise body_too_large(self.limits.max_body_bytes)
-            parts.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(parts)
-
 
 class _Disconnected(Exception):
     pass
+
+
+async def _read_body(receive: Receive, limits: RequestLimits) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Disconnected
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limits.max_body_bytes:
+                    raise body_too_large(limits.max_body_bytes)
+                parts.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(parts)
+    except TimeoutError:
+        raise APIError(
+            408,
+            f"The request body did not arrive within {limits.body_timeout_s:g} s ({size} bytes came)",
+            code="request_timeout",
+        ) from None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -220,21 +240,6 @@ def prompt_char_limit(max_model_len: int, vocabulary: Iterable[str]) -> int:
     docstring), from the token strings of the tokenizer's vocabulary."""
     longest = max((len(token) for token in vocabulary), default=1)
     return max_model_len * max(longest, 1) * PROMPT_CHARS_SLACK
-
-
-def chat_text_chars(messages: Iterable[Mapping[str, Any]]) -> int:
-    """Characters of text in chat messages as `router/prompt.py` shapes them: string contents,
-    text parts and names."""
-    total = 0
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, str):
-            total += len(content)
-        elif isinstance(content, list):
-            total += sum(len(part.get("text") or "") for part in content if isinstance(part, Mapping))
-        name = message.get("name")
-        total += len(name) if isinstance(name, str) else 0
-    return total
 
 
 def check_prompt_chars(num_chars: int, max_chars: int, *, param: str, max_model_len: int) -> None:

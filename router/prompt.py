@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from router.errors import APIError, invalid_request, model_not_found
-from router.limits import DEFAULT_LIMITS, RequestLimits, chat_text_chars, check_image_urls, check_prompt_chars, prompt_char_limit
+from router.limits import DEFAULT_LIMITS, RequestLimits, check_image_urls, check_prompt_chars, prompt_char_limit
 from router.protocol import ChatCompletionRequest, CompletionRequest, ImagePart, TextPart
 from workers.engine.block_manager import prefix_block_hashes
 from workers.engine.sampling import SamplingParams
@@ -128,7 +128,10 @@ class PromptBuilder:
         _refuse_unsupported_chat_fields(body)
         messages, image_urls = _chat_messages(body)
         check_image_urls(image_urls, self.limits)
-        check_prompt_chars(chat_text_chars(messages), self.max_prompt_chars, param="messages", max_model_len=self.facts.max_model_len)
+        # Measured on the rendered prompt: thousands of empty messages are short as text but
+        # long once the template adds each one's role markers.
+        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        check_prompt_chars(len(rendered), self.max_prompt_chars, param="messages", max_model_len=self.facts.max_model_len)
         images = [self.decode_image(url, param) for url, param in image_urls]
         if images and not self.facts.vision:
             raise invalid_request(

@@ -1,15 +1,16 @@
-"""One Pavana application of the reliability tests' own, beside whatever else the session's
-Ray cluster serves: `hostile-test` at `/hostile`, with an API key, its own telemetry prefix,
-one engine thread per replica, and a short context (128 tokens) so that every request the
-fuzzers make valid finishes in a few decode steps.
+"""The application that the hostile-input tests send their requests to, beside whatever else
+the session's Ray cluster serves: `hostile-test` at `/hostile`, with an API key, its own
+telemetry prefix, one engine thread per replica, and a short context (128 tokens) so that
+every valid request the fuzzers make finishes in a few decode steps.
 
 It is colocated (one engine replica) with a vision pool, so image requests cross a real
-vision replica, and it lives for the whole `tests/reliability` package: deployed by the first
-test that asks for it, deleted after the last.
+vision replica. It lives for the whole `tests/reliability` package: deployed by the first
+test that asks for it, deleted (with its telemetry) after the last.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ def hostile_spec(ports):
 def hostile_app(ray_cluster) -> Iterator[HostileApp]:
     from ray import serve
 
+    from cluster.telemetry import TelemetryStore
     from controller.app import build_app
 
     spec = hostile_spec(ray_cluster)
@@ -73,3 +75,4 @@ def hostile_app(ray_cluster) -> Iterator[HostileApp]:
         yield HostileApp(spec, f"http://127.0.0.1:{ray_cluster.http_port}{ROUTE_PREFIX}", f"127.0.0.1:{ray_cluster.grpc_port}")
     finally:
         serve.delete(APP_NAME)
+        asyncio.run(TelemetryStore.from_spec(spec).clear())

@@ -21,7 +21,6 @@ from router.limits import (
     PROMPT_CHARS_SLACK,
     RequestLimits,
     RequestLimitsMiddleware,
-    chat_text_chars,
     check_grpc_message,
     check_image_urls,
     check_prompt_chars,
@@ -99,15 +98,6 @@ def test_error_messages_are_clipped():
     assert len(body["error"]["message"]) < MAX_MESSAGE_CHARS + 40 and "500 more characters" in body["error"]["message"]
 
 
-def test_chat_text_chars_counts_text_parts_and_names():
-    messages = [
-        {"role": "system", "content": "abc"},
-        {"role": "user", "content": [{"type": "text", "text": "de"}, {"type": "image_url"}], "name": "fg"},
-        {"role": "assistant", "content": None},
-    ]
-    assert chat_text_chars(messages) == 7
-
-
 # -- the prompt bound, with the real tokenizer ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
@@ -151,6 +141,13 @@ def test_a_prompt_of_megabytes_is_refused_without_tokenizing(tokenizer):
     with pytest.raises(APIError) as info:
         prompts.chat(ChatCompletionRequest(model=DEFAULT_MODEL_NAME, messages=[{"role": "user", "content": huge}]), "chat-1")
     assert info.value.param == "messages" and "characters" in info.value.message
+    # Many empty messages: short as text, long once rendered with their role markers.
+    many = ChatCompletionRequest(model=DEFAULT_MODEL_NAME, messages=[{"role": "user", "content": ""}] * 200_000)
+    started = time.perf_counter()
+    with pytest.raises(APIError) as info:
+        prompts.chat(many, "chat-2")
+    assert time.perf_counter() - started < 3
+    assert info.value.code == "context_length_exceeded" and "characters" in info.value.message
     # Just under the bound, the tokenizer decides, and says how many tokens.
     with pytest.raises(APIError) as info:
         prompts.completion(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt="a" * prompts.max_prompt_chars), "cmpl-2")
@@ -246,6 +243,18 @@ def test_a_request_without_a_body_passes_through_untouched():
     assert sent[0]["status"] == 200 and inner.calls == 1 and received == 1  # the app's own receive
 
 
+def test_a_body_that_stalls_is_refused_when_its_time_is_up():
+    inner = Recorder()
+    limits = RequestLimits(body_timeout_s=0.2)
+    trickle = [{"type": "http.request", "body": b"x" * 10, "more_body": True}]  # then nothing more
+    started = time.monotonic()
+    sent, _ = run_asgi(RequestLimitsMiddleware(inner, limits), [(b"content-length", b"100")], trickle)
+    assert 0.2 <= time.monotonic() - started < 2 and inner.calls == 0
+    assert sent[0]["status"] == 408
+    assert_openai_error(json.loads(sent[1]["body"]), "request_timeout")
+    assert "10 bytes came" in json.loads(sent[1]["body"])["error"]["message"]
+
+
 def test_a_client_that_leaves_before_its_body_gets_no_answer():
     inner = Recorder()
     sent, _ = run_asgi(RequestLimitsMiddleware(inner, SMALL), [(b"content-length", b"10")], [{"type": "http.disconnect"}])
@@ -303,6 +312,15 @@ async def test_fastapi_behind_the_limits(limited_app):
         crowded = await client.get("/ping", headers={f"x-{i}": "v" for i in range(12)})
         assert crowded.status_code == 431
         assert_openai_error(crowded.json(), "headers_too_large")
+
+
+async def test_the_application_can_set_its_own_limits(limited_app):
+    """Limits read from configuration after the middleware is installed: `app.state`."""
+    limited_app.state.request_limits = RequestLimits(max_body_bytes=10)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=limited_app), base_url="http://t") as client:
+        assert (await client.post("/echo", content=b"a" * 10)).json() == {"size": 10}
+        refused = await client.post("/echo", content=b"a" * 11)
+        assert refused.status_code == 413 and "at most 10 bytes" in refused.json()["error"]["message"]
 
 
 # -- sampling bounds -----------------------------------------------------------------------------------

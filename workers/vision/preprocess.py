@@ -230,14 +230,15 @@ def _center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def preprocess(image: Image.Image, cfg: ImageProcessorConfig, limits: ImageLimits | None = None) -> torch.Tensor:
     """Resize, center-crop, rescale and normalise: float32 [3, H, W]."""
-    image = to_rgb(image)
     new_width, new_height = cfg.resized_size(*image.size)
-    # An extreme aspect ratio (1 x 40M pixels) would make the resized image itself a bomb.
+    # An extreme aspect ratio (1 x 40M pixels) would make the resized image itself a bomb;
+    # checked before the RGB conversion, which would already cost 3 bytes a pixel.
     if new_width * new_height > _limits(limits).max_pixels:
         raise ImageTooLargeError(
             f"image of {image.width}x{image.height} would resize to {new_width}x{new_height} pixels, over the limit of "
             f"{_limits(limits).max_pixels} (aspect ratio too extreme)"
         )
+    image = to_rgb(image)
     if (new_width, new_height) != image.size:
         image = image.resize((new_width, new_height), resample=cfg.resample)
     pixels = np.asarray(image)  # uint8 [H, W, 3]
