@@ -21,19 +21,11 @@ from router.errors import APIError, invalid_request, model_not_found
 from router.limits import DEFAULT_LIMITS, RequestLimits, check_image_urls, check_prompt_chars, prompt_char_limit
 from router.protocol import ChatCompletionRequest, CompletionRequest, ImagePart, TextPart
 from workers.engine.block_manager import prefix_block_hashes
-from workers.engine.sampling import SamplingParams
+from workers.engine.sampling import MIN_SAMPLING_TEMPERATURE, MIN_TOP_P, SamplingParams
 from workers.requests import GenerateRequest, ImageInput
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 MAX_TEMPERATURE = 2.0  # OpenAI's range is [0, 2]
-# Tinier positive temperatures overflow the logits / temperature division in float32: the
-# softmax turns to NaN and the engine's sampling step fails for the whole batch. vLLM raises
-# such temperatures to the same floor; sampling there is already all but greedy.
-MIN_SAMPLING_TEMPERATURE = 1e-2
-# A top_p below float32's smallest number becomes 0 in the sampler, which then masks every
-# token. The top token's probability is at least 1 / vocabulary, so any top_p under this
-# floor already keeps the top token alone: raising it changes no output.
-MIN_TOP_P = 1e-6
 _REMOTE_SCHEMES = ("http://", "https://")
 
 

@@ -326,8 +326,9 @@ async def test_the_application_can_set_its_own_limits(limited_app):
 # -- sampling bounds -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("temperature", [5e-324, 1e-300, 1e-40, 1e-3])
 def test_tiny_temperatures_are_raised_to_a_floor_the_sampler_survives(temperature):
-    """Below the floor, logits / temperature overflows float32 and the engine's sampler fails
-    (`torch.multinomial` on NaN), taking the replica's whole batch with it."""
+    """Below the floor, logits / temperature overflows float32 and the sampler would fail
+    (`torch.multinomial` on NaN), taking the replica's whole batch with it: the engine refuses
+    such parameters, and the router raises them to the floor."""
     import torch
 
     from router.prompt import MIN_SAMPLING_TEMPERATURE, sampling_params
@@ -335,8 +336,8 @@ def test_tiny_temperatures_are_raised_to_a_floor_the_sampler_survives(temperatur
     from workers.engine.sampling import SamplingParams
 
     logits = torch.randn(2, 512, generator=torch.Generator().manual_seed(0)) * 20
-    with pytest.raises(RuntimeError):
-        sample(logits, [SamplingParams(max_tokens=1, temperature=1e-300)] * 2, [0, 0])
+    with pytest.raises(ValueError, match="temperature: must be 0 .greedy. or at least 0.01"):
+        SamplingParams(max_tokens=1, temperature=1e-300)
     params = sampling_params(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt="hi", temperature=temperature, seed=1), 4)
     assert params.temperature == MIN_SAMPLING_TEMPERATURE and not params.greedy
     tokens = sample(logits, [params] * 2, [0, 0])

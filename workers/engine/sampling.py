@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Tinier positive temperatures overflow the logits / temperature division in float32: the
+# softmax turns to NaN and the sampling step would fail for the whole batch. (The router
+# raises such temperatures to this floor, as vLLM does; sampling there is all but greedy.)
+MIN_SAMPLING_TEMPERATURE = 1e-2
+# A top_p below float32's smallest number becomes 0 in the sampler, which then masks every
+# token. The top token's probability is at least 1 / vocabulary, so any top_p under this
+# floor already keeps the top token alone: raising it to the floor changes no output.
+MIN_TOP_P = 1e-6
+
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
@@ -28,10 +37,12 @@ class SamplingParams:
             raise ValueError(f"max_tokens: must be an integer >= 1, got {self.max_tokens!r}")
         if not (self.temperature >= 0.0):
             raise ValueError(f"temperature: must be >= 0, got {self.temperature!r}")
+        if 0.0 < self.temperature < MIN_SAMPLING_TEMPERATURE:
+            raise ValueError(f"temperature: must be 0 (greedy) or at least {MIN_SAMPLING_TEMPERATURE}, got {self.temperature!r}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"top_k: must be an integer >= 0 (0 disables it), got {self.top_k!r}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p!r}")
+        if not (MIN_TOP_P <= self.top_p <= 1.0):
+            raise ValueError(f"top_p: must be in [{MIN_TOP_P}, 1], got {self.top_p!r}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise ValueError(f"seed: must be an integer, got {self.seed!r}")
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
