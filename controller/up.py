@@ -110,6 +110,11 @@ def start_ray(spec: ClusterSpec, address: str | None) -> None:
     site's custom resource, so all sites of the spec can be placed on one machine."""
     import ray
 
+    from router.limits import DEFAULT_LIMITS
+
+    # Ray Serve's gRPC proxy reads its message cap from the environment of the processes Ray
+    # starts: refuse oversized messages there, not after 2 GiB have crossed the proxy.
+    os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(DEFAULT_LIMITS.max_grpc_message_bytes))
     if address:
         ray.init(address=address)
         return
