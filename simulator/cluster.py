@@ -30,12 +30,12 @@ from autoscaler.config import from_spec
 from autoscaler.policy import plan as autoscale_plan
 from autoscaler.power_cap import fit_to_power
 from autoscaler.site_planner import ClassDemand, Mode, SiteInput, best_mode_mix, plan_power
-from cluster.power_trace import SECONDS_PER_ROW, PowerTrace, power_at
-from cluster.records import ReplicaHeartbeat, RequestRecord, TelemetrySnapshot, pool_key
+from cluster.power_trace import PowerTrace, power_at
+from cluster.records import Plan, PoolTarget, ReplicaHeartbeat, RequestRecord, TelemetrySnapshot, pool_key
 from cluster.spec import ClusterSpec, ConstantPower, TracePower
 from router.replica_choice import ReplicaLoad, rank_for_decode, rank_for_prefill
 from router.site_router import SitePower, choose_site
-from simulator.cost_model import CostModel, Network
+from simulator.cost_model import BatchShape, CostModel, Network
 from simulator.events import EventLoop, Kind
 from simulator.replica import BaseReplica, SimReplica, VisionReplica
 from simulator.request import SimRequest
@@ -64,10 +64,14 @@ class SimOptions:
 @dataclass(frozen=True)
 class HeronPlanner:
     """The slow timescale: each interval place `budget` colocated replicas across sites where the
-    forecast (persistence: the power now) affords the most, and plan shares by the LP."""
+    forecast (persistence: the power now) affords the most, and plan shares by the LP.
+    With `placement="even"` it is the power-oblivious baseline instead: the budget split evenly
+    across sites every interval, whatever their power."""
 
     budget: int
     interval_s: float
+    placement: str = "power"  # power | even
+    trim: bool = True  # keep only the replicas the LP's allocation needs (the planner's own rule)
 
 
 @dataclass(slots=True)
@@ -132,6 +136,7 @@ class SimCluster:
         self._all_replicas: list[BaseReplica] = []
         self._done = False
         self._cut_pending: set[str] = set()
+        self._busy_mark = 0.0
         for site in self.sites.values():
             site.available_w = site.power_fn(0.0)
             for name, pool in self.pools.items():
@@ -227,8 +232,7 @@ class SimCluster:
 
     def _choose_site(self, req: SimRequest) -> SiteState | None:
         if len(self.sites) == 1:
-            site = next(iter(self.sites.values()))
-            return site if site.alive() or site.available_w > 0 else None
+            return next(iter(self.sites.values()))
         if self.options.routing == "least_loaded":
             return self._least_loaded_site()
         power = {name: SitePower(s.available_w, s.drawn_w, s.latency_s * 1e3) for name, s in self.sites.items()
@@ -356,10 +360,14 @@ class SimCluster:
                     if not (r.alive and r.ready):
                         continue
                     heartbeats.append(self._heartbeat(pool, r, interval, now))
-        if self.options.autoscale:
-            snapshot = TelemetrySnapshot(tuple(heartbeats), tuple(self.records), taken_at_s=now)
+        if self.options.autoscale or self.options.power_aware:
             current = {pool_key(p, s.name): self._count(s, p) for s in self.sites.values() for p in self.pools}
-            plan = autoscale_plan(snapshot, self.autoscaler_config, current, now, self.last_change)
+            if self.options.autoscale:
+                snapshot = TelemetrySnapshot(tuple(heartbeats), tuple(self.records), taken_at_s=now)
+                plan = autoscale_plan(snapshot, self.autoscaler_config, current, now, self.last_change)
+            else:
+                plan = Plan(tuple(PoolTarget(p, s, n, n, "fixed size") for (p, s), n in
+                                  ((k.split("@"), n) for k, n in current.items())), now)
             if self.options.power_aware:
                 plan = fit_to_power(plan, self._site_inputs(), self.required_stages)
             for target in plan.targets:
@@ -472,6 +480,13 @@ class SimCluster:
     def _heron_tick(self) -> None:
         now = self.loop.now
         interval = self.heron.interval_s
+        if self.heron.placement == "even":
+            for i, site in enumerate(self.sites.values()):
+                share = self.heron.budget // len(self.sites) + (i < self.heron.budget % len(self.sites))
+                self._resize(self.entry_pool, site, share)
+            if not self._done:
+                self.loop.after(interval, Kind.CONTROL, self._heron_tick)
+            return
         forecast = {name: s.power_fn(now) for name, s in self.sites.items()}  # persistence
         affordable = {n: sum(best_mode_mix(SiteInput(n, forecast[n], s.modes, s.max_replicas))[0].values())
                       for n, s in self.sites.items()}
@@ -479,18 +494,28 @@ class SimCluster:
         for name in sorted(self.sites, key=lambda n: (-affordable[n], self.sites[n].latency_s)):
             caps[name] = min(affordable[name], left)
             left -= caps[name]
+        # Each class's cost in full-clock replica-seconds per request: the analytic estimate,
+        # scaled to what the replicas' busy time says requests really took over the last
+        # interval (small batches decode less efficiently than the estimate assumes), and
+        # divided by the autoscaler's target utilisation, so planned replicas keep headroom.
+        busy = sum(r.total.busy_s * r.speed for r in self._all_replicas)
+        finished = [r for rs in self._arrived_by_class.values() for r in rs if r.outcome == "ok"]
+        estimated = sum(self._replica_seconds(r) for r in finished)
+        scale = (busy - self._busy_mark) / estimated if estimated > 0 and busy > self._busy_mark else 1.0
+        self._busy_mark = busy
+        headroom = self.autoscaler_config.scale_up_utilisation
         demands = []
         for c in self.spec.qos_classes:
             recent = [r for r in self._arrived_by_class[c.name] if r.arrival_s > now - interval]
             rate = len(recent) / interval if now > 0 else 1.0
-            cost = float(np.mean([self._replica_seconds(r) for r in recent])) if recent else 1.0
+            cost = float(np.mean([self._replica_seconds(r) for r in recent])) * max(scale, 1.0) / headroom if recent else 1.0
             demands.append(ClassDemand(c.name, max(rate, 1e-3), cost, weight=1.0 / (1 + c.priority)))
         self._arrived_by_class.clear()
         sites = [SiteInput(n, forecast[n], s.modes, caps[n], s.latency_s * 1e3) for n, s in self.sites.items()]
         plan = plan_power(sites, demands)
         self.shares = {c: dict(v) for c, v in plan.shares.items()}
         for sp in plan.sites:
-            desired = max(sum(sp.replicas.values()), 1 if caps[sp.site] else 0)
+            desired = max(sum(sp.replicas.values()), 1 if caps[sp.site] else 0) if self.heron.trim else caps[sp.site]
             self._resize(self.entry_pool, self.sites[sp.site], desired)
         self.decisions.append({"t": now, "target": "heron", "shares": self.shares,
                                "replicas": {sp.site: sp.replicas for sp in plan.sites}})
@@ -498,8 +523,8 @@ class SimCluster:
             self.loop.after(interval, Kind.CONTROL, self._heron_tick)
 
     def _replica_seconds(self, req: SimRequest) -> float:
-        from simulator.cost_model import BatchShape
-
+        """An analytic estimate of one request's full-clock replica-seconds: its prompt in one
+        prefill, its output at a 32-sequence decode batch."""
         p = req.prompt_tokens
         prefill = self.cost.batch_time(BatchShape(p, 0, p * (p + 1) / 2, 0, 1))
         per_token = self.cost.batch_time(BatchShape(0, 32, 0, 32 * (p + 100), 32)) / 32

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -110,12 +109,14 @@ class LinearCostModel:
         y = np.asarray(seconds, dtype=float)
         if not np.all(np.isfinite(y)) or np.any(y < 0):
             raise CostModelError("fit: times must be finite and >= 0")
-        # Least squares, keeping every term >= 0: a step never takes negative time and more
-        # work never takes less. A term that comes out negative (noise, or features that move
-        # together in a small grid) is dropped and the rest refitted.
+        # Least squares on relative error (each row divided by its time), so that the short
+        # steps that set TBT weigh as much as long prefills; every term kept >= 0: a step never
+        # takes negative time and more work never takes less. A term that comes out negative
+        # (noise, or features that move together in a small grid) is dropped and the rest refitted.
+        w = 1.0 / np.maximum(y, 1e-9)
         active = list(range(x.shape[1]))
         while True:
-            sub, *_ = np.linalg.lstsq(x[:, active], y, rcond=None)
+            sub, *_ = np.linalg.lstsq(x[:, active] * w[:, None], y * w, rcond=None)
             negative = [(v, j) for v, j in zip(sub, active) if v < 0]
             if not negative:
                 break
@@ -339,6 +340,3 @@ def load_cost_model(text: str) -> CostModel:
             raise CostModelError(f"cost model {path.name}: {exc}") from None
     return LinearCostModel.from_profile_csv(path)
 
-
-def is_finite_model(model: CostModel) -> bool:
-    return math.isfinite(model.batch_time(BatchShape(1, 1, 1.0, 1.0, 2)))

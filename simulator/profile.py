@@ -19,11 +19,12 @@ import numpy as np
 from simulator.cost_model import PROFILE_COLUMNS, BatchShape, shape_of
 
 # Prompt chunks at two starts, so that attended context does not move in step with prefill tokens.
-QUICK_GRID = dict(prefill=(0, 64, 256, 512), start=(0, 256), decodes=(0, 4, 16), context=(64, 512))
-FULL_GRID = dict(prefill=(0, 16, 64, 128, 256, 512), start=(0, 384, 1024), decodes=(0, 1, 4, 16, 48), context=(32, 256, 768))
+QUICK_GRID = dict(prefill=(0, 64, 256), start=(0, 256), decodes=(0, 8), context=(64, 512))
+MEDIUM_GRID = dict(prefill=(0, 64, 256, 512), start=(0, 256), decodes=(0, 1, 4, 16), context=(64, 512))
+FULL_GRID = dict(prefill=(0, 16, 64, 128, 256, 512), start=(0, 384, 1024), decodes=(0, 1, 4, 16, 32), context=(32, 256, 768))
 
 
-def make_engine(model_path: str | Path | None = None, *, num_threads: int = 1, num_kv_blocks: int = 1024, chunk_size: int = 256):
+def make_engine(model_path: str | Path | None = None, *, num_threads: int = 1, num_kv_blocks: int = 4096, chunk_size: int = 256):
     from workers.engine.config import EngineConfig
     from workers.engine.llm_engine import LLMEngine
 
@@ -53,8 +54,11 @@ def time_shape(engine, prefill: int, start: int, decodes: int, context: int, rep
     params = SamplingParams(max_tokens=1, ignore_eos=True)
     seqs, chunks = [], []
     for i in range(decodes):
-        seq = Sequence(f"d{i}", rng.integers(4, vocab, context + 1).tolist(), params, i, num_prompt_tokens=context,
-                       num_computed_tokens=context, status=SequenceStatus.RUNNING)
+        # Contexts spread from a quarter to 1.75 times `context`, as running requests' are: the
+        # runner groups decodes by context length, and that grouping is part of a step's cost.
+        ctx = context if decodes == 1 else max(8, int(context * (0.25 + 1.5 * i / (decodes - 1))))
+        seq = Sequence(f"d{i}", rng.integers(4, vocab, ctx + 1).tolist(), params, i, num_prompt_tokens=ctx,
+                       num_computed_tokens=ctx, status=SequenceStatus.RUNNING)
         seqs.append(seq)
         chunks.append((seq, 1))
     if prefill:

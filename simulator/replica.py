@@ -14,7 +14,6 @@ A `VisionReplica` is a vision-pool replica: images in, one request at a time, FI
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -303,5 +302,3 @@ class VisionReplica(BaseReplica):
         self.busy = False
         return lost
 
-
-OnIdle = Callable[[BaseReplica], None]

@@ -1,0 +1,58 @@
+"""Stages and the slow planner: images through the vision pool, or encoded inside a monolithic
+replica's iterations (stalling its decodes); the Heron planner's shares and placement."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.spec import ClusterSpec
+from simulator.cluster import HeronPlanner, SimCluster, SimOptions
+from simulator.cost_model import LinearCostModel, Network
+from simulator.scenario import check_no_leaks
+from simulator.workload import TraceRequest, poisson_arrivals, synthetic
+
+COST = LinearCostModel(intercept=0.01, per_prefill_token=0.001, per_decode_token=0.002, per_attended=0.0,
+                       encode_s_per_image=0.05, kv_bytes_per_token=0.0)
+NET = Network(0.0, 1e12, 1e12)
+ONE = {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}
+
+
+def test_images_go_through_the_vision_pool_first():
+    spec = ClusterSpec.parse({"topology": "disaggregated", "pools": {"vision": ONE, "prefill": ONE, "decode": ONE}})
+    sim = SimCluster(spec, COST, NET, SimOptions(autoscale=False, tokens_per_image=10))
+    (req,) = sim.run([TraceRequest("a", 0.0, 100, 2, num_images=2)])
+    assert req.stages == ["vision", "prefill", "decode"]
+    # encode 2 x 0.05, then prefill of 100 text + 20 image tokens
+    assert req.ttft_s == pytest.approx(0.1 + 0.01 + 0.12)
+    assert not check_no_leaks(sim)
+
+
+def test_monolithic_replica_encodes_inside_its_iterations_and_stalls_decodes():
+    spec = ClusterSpec.parse({"topology": "colocated", "pools": {"colocated": ONE}})
+    sim = SimCluster(spec, COST, NET, SimOptions(autoscale=False, tokens_per_image=10))
+    text, image = sim.run([TraceRequest("t", 0.0, 10, 6), TraceRequest("i", 0.03, 10, 2, num_images=4)])
+    assert image.stages == ["colocated", "vision"]
+    # the text request's decode that follows the image's arrival waits for 4 x 0.05 s of encoding
+    assert max(text.gaps) == pytest.approx(0.2 + 0.01 + 0.002 + 0.05, abs=1e-9)
+    assert not check_no_leaks(sim)
+
+
+def test_heron_planner_places_the_budget_where_power_is(tmp_path):
+    csv = tmp_path / "wind.csv"
+    csv.write_text("date,wp1,wp2\n" + "".join(f"20100101{h:02d},0.9,0.1\n" for h in range(24)))
+    power = lambda col: {"kind": "trace", "path": str(csv), "column": col, "scale_w": 4000, "speed": 60}  # noqa: E731
+    modes = [{"name": "full", "power_w": 400}]
+    spec = ClusterSpec.parse({
+        "topology": "colocated",
+        "pools": {"colocated": {"min_replicas": 0, "max_replicas": 8, "initial_replicas": 1}},
+        "sites": [{"name": "windy", "power": power("wp1"), "power_modes": modes, "max_replicas": 8},
+                  {"name": "calm", "power": power("wp2"), "power_modes": modes, "max_replicas": 8}],
+    })
+    sim = SimCluster(spec, COST, NET, SimOptions(autoscale=False, cold_start_s=1.0), heron=HeronPlanner(4, 10.0))
+    trace = synthetic(poisson_arrivals(20.0, 30.0, seed=0), (50, 10), seed=0)
+    requests = sim.run(trace)
+    plans = [d for d in sim.decisions if d["target"] == "heron"]
+    assert plans and all(sum(p["shares"]["interactive"].values()) == pytest.approx(1.0) for p in plans)
+    later = [r for r in requests if r.arrival_s > 12.0]
+    assert later and all(r.site == "windy" for r in later)  # calm's 400 W affords one replica; windy takes the work
+    assert all(r.outcome == "ok" for r in requests)
