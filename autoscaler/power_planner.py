@@ -150,7 +150,8 @@ def routing_decisions(previous: RoutingPlan | None, plan: RoutingPlan, why: str,
     and a `power_mode` decision per site whose replicas in reduced modes changed."""
     decisions = []
     old_shares = previous.shares if previous else {}
-    for qos_class, shares in sorted(plan.shares.items()):
+    # With one site every share is all or nothing and says nothing an operator needs.
+    for qos_class, shares in sorted(plan.shares.items()) if len(sites) > 1 else ():
         for site, share in sorted(shares.items()):
             before = old_shares.get(qos_class, {}).get(site, 0.0)
             if abs(share - before) > REROUTE_THRESHOLD:

@@ -65,7 +65,7 @@ def test_a_loaded_pool_is_scaled_up_through_serve(cluster):
         target = plan.target("prefill@local")
         assert (target.current, target.desired) == (1, 2), target.reason
         assert "TTFT" in target.reason
-        decisions = await reconciler.store.recent_decisions()
+        decisions = [d for d in await reconciler.store.recent_decisions() if d.kind.startswith("scale")]
         assert [(d.target, d.before, d.after) for d in decisions] == [("prefill@local", 1, 2)]
         for _ in range(60):
             if running_replicas(spec, APP)["prefill@local"] == 2:

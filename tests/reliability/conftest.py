@@ -62,7 +62,10 @@ def hostile_spec(ports):
     })
 
 
-@pytest.fixture(scope="package")
+# Module scope, not package: this folder has no __init__.py, so a "package" fixture would live
+# for the whole session and leave a second application up, which breaks the gRPC health check
+# without application metadata (it finds the application only when it is the only one).
+@pytest.fixture(scope="module")
 def hostile_app(ray_cluster) -> Iterator[HostileApp]:
     from ray import serve
 
