@@ -5,7 +5,9 @@ requests per second, prompts and outputs capped to fit the bundled model) is rep
 - real: one `LLMEngine` driven in-process, each request added when the wall clock reaches its
   trace time, every token stamped by the wall clock as `step` returns it;
 - simulated: one colocated replica with the same engine settings and a cost model fitted, just
-  before, to profiles of that same engine (`simulator.profile`).
+  before, to profiles of that same engine (`simulator.profile`): forward passes over a grid of
+  batch shapes, and whole engine steps over a calibration workload from the other Azure
+  trace (code), so that what a step costs beyond its forward pass is in the model too.
 Reported: the relative errors of TTFT and TBT at the median and P99. The machine is shared, so
 the profile takes each shape's median of five runs (the speed the machine gives the engine
 now, contention included) right before the replay; run it twice before trusting a figure.
@@ -27,7 +29,7 @@ from benchmarks.common import command_line, machine_info, percentile, write_json
 from cluster.spec import ClusterSpec
 from simulator.cluster import SimCluster, SimOptions
 from simulator.cost_model import CPU_NETWORK, LinearCostModel
-from simulator.profile import FULL_GRID, MEDIUM_GRID, kv_bytes_per_token, make_engine, time_shape
+from simulator.profile import FULL_GRID, MEDIUM_GRID, kv_bytes_per_token, make_engine, time_shape, time_steps
 from simulator.workload import TraceRequest, azure_trace, rescale_rate
 
 console = Console()
@@ -41,7 +43,16 @@ def trace_slice(seconds: float, max_prompt: int, max_output: int, speedup: float
             for r in rescale_rate(azure_trace("conv", duration_s=seconds), speedup)]
 
 
-def fit_on(engine, quick: bool) -> LinearCostModel:
+def calibration_workload(seconds: float, max_prompt: int, max_output: int, speedup: float) -> list[TraceRequest]:
+    """Requests to calibrate on that are not the replayed ones: the Azure *code* trace's first
+    seconds, capped and sped up like the replay."""
+    return [replace(r, prompt_tokens=min(r.prompt_tokens, max_prompt), output_tokens=min(r.output_tokens, max_output))
+            for r in rescale_rate(azure_trace("code", duration_s=seconds), speedup)]
+
+
+def fit_on(engine, quick: bool, calibration: list[TraceRequest] = ()) -> LinearCostModel:
+    """Forward passes over a grid of shapes, plus whole engine steps over a calibration
+    workload (`time_steps`), in one least-squares fit."""
     grid = MEDIUM_GRID if quick else FULL_GRID
     rng = np.random.default_rng(0)
     shapes, seconds = [], []
@@ -51,6 +62,10 @@ def fit_on(engine, quick: bool) -> LinearCostModel:
         shape, t = time_shape(engine, p, s, d, c, 5, rng, statistic="median")
         shapes.append(shape)
         seconds.append(t)
+    if calibration:
+        step_shapes, step_seconds = time_steps(engine, calibration)
+        shapes += step_shapes
+        seconds += step_seconds
     return LinearCostModel.fit(shapes, seconds, kv_bytes_per_token=kv_bytes_per_token(engine))
 
 
@@ -123,7 +138,7 @@ def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
     requests = trace_slice(seconds, max_prompt, max_output, speedup)
     engine = make_engine(num_threads=1, num_kv_blocks=KV_BLOCKS, chunk_size=CHUNK)
     fit_started = time.perf_counter()
-    cost = fit_on(engine, quick)
+    cost = fit_on(engine, quick, calibration_workload(seconds / 2, max_prompt, max_output, speedup))
     fit_s = time.perf_counter() - fit_started
     before = contention(engine)
     real = replay_real(engine, requests)

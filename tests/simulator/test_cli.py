@@ -73,3 +73,19 @@ def test_sweep_runs_every_policy_at_every_rate(tmp_path):
     assert all(p["outcomes"].get("ok") == p["requests"] for p in points.values())
     # four times the arrival rate is served no faster
     assert points[("sarathi", 4.0)]["e2e_s"]["p99"] >= points[("sarathi", 1.0)]["e2e_s"]["p99"] * 0.99
+
+
+def test_whole_steps_are_timed_with_the_batch_each_one_ran(tiny_llama_dir):
+    """Calibration on real `LLMEngine.step` calls: one shape per step, the decode tokens add up
+    to what the requests generated, and the engine's scheduler is its own again afterwards."""
+    from simulator.profile import make_engine, time_steps
+    from simulator.workload import TraceRequest
+
+    engine = make_engine(tiny_llama_dir, num_kv_blocks=256)
+    requests = [TraceRequest(f"r{i}", 0.01 * i, 24, 6) for i in range(3)]
+    shapes, seconds = time_steps(engine, requests)
+    assert len(shapes) == len(seconds) > 0 and all(s > 0 for s in seconds)
+    # Each request's first token comes from its prefill step; the other five from decodes.
+    assert sum(s.decode_tokens for s in shapes) == 3 * 5
+    assert sum(s.prefill_tokens for s in shapes) == 3 * 24
+    assert "schedule" not in vars(engine.scheduler) and not engine.has_unfinished()
