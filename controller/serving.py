@@ -19,7 +19,7 @@ from cluster.spec import ClusterSpec
 from controller.app import APP_NAME, build_app
 
 GRPC_SERVICER_FUNCTIONS = [
-    "router.proto.pavana_pb2_grpc.add_PavanaServicer_to_server",
+    "router.proto.lenient.add_PavanaServicer_to_server",
     "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
 ]
 

@@ -52,6 +52,7 @@ from router.limits import RequestLimitsMiddleware, check_grpc_message
 from router.orchestrator import Orchestrator, SitePools
 from router.prompt import ModelFacts, PreparedRequest, PromptBuilder, model_facts
 from router.proto import pavana_pb2 as pb
+from router.proto.lenient import Malformed
 from router.request_telemetry import measured
 from router.site_router import NoPoweredSite, choose_site
 from router.site_view import SiteView, build_view
@@ -120,6 +121,12 @@ SSE_DONE = "data: [DONE]\n\n"
 def _load_object(path: str) -> Any:
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def _refuse_malformed(request: Any) -> None:
+    """Bytes that did not parse reach the ingress as `Malformed` (`router/proto/lenient.py`)."""
+    if isinstance(request, Malformed):
+        raise invalid_request(f"request: not a valid {request.message_type} message ({request.reason})", param="request")
 
 
 def _no_console() -> JSONResponse:
@@ -554,6 +561,7 @@ class Ingress:
     async def ListModels(self, request: pb.ListModelsRequest, grpc_context: Any) -> pb.ListModelsResponse:
         try:
             self.keys.check_grpc(grpc_context.invocation_metadata())
+            _refuse_malformed(request)
         except APIError as exc:
             _set_grpc_error(grpc_context, exc)
             return pb.ListModelsResponse()
@@ -565,6 +573,7 @@ class Ingress:
         then the equivalent OpenAI body)."""
         metadata = list(grpc_context.invocation_metadata())
         key = self.keys.check_grpc(metadata)
+        _refuse_malformed(request)
         requested = next((str(v) for k, v in metadata if k.lower() == QOS_HEADER), None)
         return self._classed(self._prepare_grpc_body(request), self._qos_class(requested, key))
 

@@ -3,10 +3,10 @@ no `GenerateRequest`, fields of the wrong wire type, oversized messages, and gen
 requests. Each gets a status code and a message within the timeout, never `INTERNAL` or a
 dropped connection, and the server keeps serving.
 
-Malformed bytes are parsed by the proxy's own gRPC server before Pavana sees them, and it
-answers `UNKNOWN` with the parser's message; everything that parses reaches the ingress,
-which answers `INVALID_ARGUMENT`, `NOT_FOUND` or, over Pavana's message limit,
-`RESOURCE_EXHAUSTED`. (The proxy's own receive limit is Ray Serve's 2 GiB default.)
+Bytes that do not parse reach the ingress as `Malformed` (Pavana registers its service with a
+lenient deserializer, `router/proto/lenient.py`) and get `INVALID_ARGUMENT` with the parser's
+reason; everything that parses is checked like HTTP input: `INVALID_ARGUMENT`, `NOT_FOUND` or,
+over Pavana's message limit, `RESOURCE_EXHAUSTED`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ CLEAN_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.UNKNOWN,  # the proxy's answer to bytes that do not parse
 }
 
 
@@ -98,9 +97,9 @@ def length_delimited(number: int, data: bytes) -> bytes:
 @pytest.mark.parametrize(
     ("payload", "code", "says"),
     [
-        (b"\xff\xff\xff\xff\x0f", grpc.StatusCode.UNKNOWN, "Error parsing message"),
-        (length_delimited(2, b"ok")[:-1], grpc.StatusCode.UNKNOWN, "Error parsing message"),  # cut short
-        (length_delimited(2, b"\xff\xfe not utf-8"), grpc.StatusCode.UNKNOWN, "Error parsing message"),
+        (b"\xff\xff\xff\xff\x0f", grpc.StatusCode.INVALID_ARGUMENT, "not a valid pavana.v1.GenerateRequest message"),
+        (length_delimited(2, b"ok")[:-1], grpc.StatusCode.INVALID_ARGUMENT, "not a valid pavana.v1.GenerateRequest"),  # cut short
+        (length_delimited(2, b"\xff\xfe not utf-8"), grpc.StatusCode.INVALID_ARGUMENT, "not a valid pavana.v1.GenerateRequest"),
         # `text` sent as a varint: an unknown field to the parser, so the request has no input.
         (field(2, 0, _VarintBytes(7)), grpc.StatusCode.INVALID_ARGUMENT, "input: set one of"),
         # `sampling` sent as a fixed64: skipped the same way; the text stays.
