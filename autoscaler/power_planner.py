@@ -23,7 +23,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from autoscaler.site_planner import ClassDemand, Mode, SiteInput, best_mode_mix, plan_power
+from autoscaler.site_planner import ClassDemand, Mode, PowerPlan, SiteInput, best_mode_mix, plan_power
 from cluster.records import Decision, RequestRecord, RoutingPlan
 
 FORECASTERS = ("persistence", "ewma")
@@ -101,17 +101,7 @@ def plan_routing(
     now_s: float,
 ) -> RoutingPlan:
     plan = plan_power(list(sites), list(demands))
-    full_capacity = {s.name: best_mode_mix(s)[1] for s in sites}
-    shares: dict[str, dict[str, float]] = {}
-    for demand in demands:
-        planned = plan.shares.get(demand.name, {})
-        if sum(planned.values()) > 0:
-            shares[demand.name] = dict(planned)
-            continue
-        # No measured demand (or none servable): spread by what each site could serve.
-        reachable = {s.name: full_capacity[s.name] for s in sites if s.latency_ms <= demand.latency_budget_ms}
-        total = sum(reachable.values())
-        shares[demand.name] = {s.name: (reachable.get(s.name, 0.0) / total if total > 0 else 0.0) for s in sites}
+    shares = routing_shares(plan, sites, demands)
     # The modes are the site's best affordable mix, not only what today's demand needs: the
     # stage autoscaler sizes the pools (capped by `power_cap.fit_to_power`), and this says
     # which modes the replicas it keeps may run in without overdrawing the site.
@@ -125,6 +115,23 @@ def plan_routing(
         goodput_rps=plan.goodput_rps,
         timestamp_s=now_s,
     )
+
+
+def routing_shares(plan: PowerPlan, sites: Sequence[SiteInput], demands: Sequence[ClassDemand]) -> dict[str, dict[str, float]]:
+    """Each class's planned shares; a class the plan serves nowhere (no measured demand, or
+    none it could serve) is spread over the sites in proportion to what each could serve, so
+    that it does not all fall over to one site."""
+    full_capacity = {s.name: best_mode_mix(s)[1] for s in sites}
+    shares: dict[str, dict[str, float]] = {}
+    for demand in demands:
+        planned = plan.shares.get(demand.name, {})
+        if sum(planned.values()) > 0:
+            shares[demand.name] = dict(planned)
+            continue
+        reachable = {s.name: full_capacity[s.name] for s in sites if s.latency_ms <= demand.latency_budget_ms}
+        total = sum(reachable.values())
+        shares[demand.name] = {s.name: (reachable.get(s.name, 0.0) / total if total > 0 else 0.0) for s in sites}
+    return shares
 
 
 def needs_replan(previous: RoutingPlan | None, power_now: Mapping[str, float], now_s: float, settings: PlannerSettings) -> str | None:

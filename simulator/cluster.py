@@ -29,6 +29,7 @@ import numpy as np
 from autoscaler.config import from_spec
 from autoscaler.policy import plan as autoscale_plan
 from autoscaler.power_cap import fit_to_power
+from autoscaler.power_planner import routing_shares
 from autoscaler.site_planner import ClassDemand, Mode, SiteInput, best_mode_mix, plan_power
 from cluster.power_trace import PowerTrace, power_at
 from cluster.records import Plan, PoolTarget, ReplicaHeartbeat, RequestRecord, TelemetrySnapshot, pool_key
@@ -513,7 +514,7 @@ class SimCluster:
         self._arrived_by_class.clear()
         sites = [SiteInput(n, forecast[n], s.modes, caps[n], s.latency_s * 1e3) for n, s in self.sites.items()]
         plan = plan_power(sites, demands)
-        self.shares = {c: dict(v) for c, v in plan.shares.items()}
+        self.shares = routing_shares(plan, sites, demands)  # as the live power planner shares traffic
         for sp in plan.sites:
             desired = max(sum(sp.replicas.values()), 1 if caps[sp.site] else 0) if self.heron.trim else caps[sp.site]
             self._resize(self.entry_pool, self.sites[sp.site], desired)
