@@ -74,44 +74,39 @@ def report_of(records: list, spec) -> dict[str, Any]:
     return report
 
 
+def probe(url: str, tokenizer, spec, rate: float, duration_s: float, seed: int) -> dict[str, Any]:
+    """Interactive-only Poisson traffic at `rate`: is its TTFT P99 within the SLO, none failing?"""
+    slo = spec.qos_class("interactive").slo.ttft_s
+    requests = poisson_requests(url, tokenizer, rate=rate, duration_s=duration_s, classes={"interactive": 1.0},
+                                prompt_tokens=PROMPT_TOKENS, output_tokens=OUTPUT_TOKENS, seed=seed)
+    report = report_of(replay(url, requests, warmup=2), spec)
+    ok = report["num_failed"] == 0 and report["ttft_p99_s"] is not None and report["ttft_p99_s"] <= slo
+    console.print(f"probe {rate:.2f} req/s: interactive TTFT p99 {report['ttft_p99_s']:.2f} s (SLO {slo} s) -> {'ok' if ok else 'over'}")
+    return {"rate_rps": rate, "ttft_p99_s": report["ttft_p99_s"], "e2e_p50_s": report["e2e_p50_s"],
+            "num_requests": report["num_requests"], "num_failed": report["num_failed"], "within_slo": ok}
+
+
 def find_capacity(url: str, tokenizer, spec, duration_s: float, *, start: float = 0.5, growth: float = 1.5,
                   most: float = 64.0, refine: int = 2) -> tuple[float, float, list[dict[str, Any]]]:
     """The highest probed rate meeting the interactive TTFT SLO, and the median end-to-end
     latency there: rates grow by `growth` from `start` until one fails, then `refine`
     bisection steps between the last good and the first bad rate."""
-    slo = spec.qos_class("interactive").slo.ttft_s
-    capacity, e2e, probes = 0.0, 0.0, []
-    rates = []
-    rate = start
+    capacity, e2e, probes, failed_at = 0.0, 0.0, [], None
+    rate, seed = start, 100
     while rate <= most:
-        rates.append(rate)
-        rate *= growth
-    failed_at = None
-    for i, rate in enumerate(rates):
-        requests = poisson_requests(url, tokenizer, rate=rate, duration_s=duration_s, classes={"interactive": 1.0},
-                                    prompt_tokens=PROMPT_TOKENS, output_tokens=OUTPUT_TOKENS, seed=100 + i)
-        report = report_of(replay(url, requests, warmup=2), spec)
-        ok = report["num_failed"] == 0 and report["ttft_p99_s"] is not None and report["ttft_p99_s"] <= slo
-        probes.append({"rate_rps": rate, "ttft_p99_s": report["ttft_p99_s"], "e2e_p50_s": report["e2e_p50_s"],
-                       "num_requests": report["num_requests"], "num_failed": report["num_failed"], "within_slo": ok})
-        console.print(f"probe {rate:.2f} req/s: interactive TTFT p99 {report['ttft_p99_s']:.2f} s (SLO {slo} s) -> {'ok' if ok else 'over'}")
-        if not ok:
+        probes.append(probe(url, tokenizer, spec, rate, duration_s, seed))
+        if not probes[-1]["within_slo"]:
             failed_at = rate
             break
-        capacity, e2e = rate, report["e2e_p50_s"]
+        capacity, e2e = rate, probes[-1]["e2e_p50_s"]
+        rate, seed = rate * growth, seed + 1
     if capacity == 0.0:
-        raise RuntimeError(f"not even {rates[0]} req/s meets the interactive TTFT SLO of {slo} s on this machine")
+        raise RuntimeError(f"not even {start} req/s meets the interactive TTFT SLO on this machine")
     for k in range(refine if failed_at is not None else 0):
         rate = (capacity + failed_at) / 2
-        requests = poisson_requests(url, tokenizer, rate=rate, duration_s=duration_s, classes={"interactive": 1.0},
-                                    prompt_tokens=PROMPT_TOKENS, output_tokens=OUTPUT_TOKENS, seed=200 + k)
-        report = report_of(replay(url, requests, warmup=2), spec)
-        ok = report["num_failed"] == 0 and report["ttft_p99_s"] is not None and report["ttft_p99_s"] <= slo
-        probes.append({"rate_rps": rate, "ttft_p99_s": report["ttft_p99_s"], "e2e_p50_s": report["e2e_p50_s"],
-                       "num_requests": report["num_requests"], "num_failed": report["num_failed"], "within_slo": ok})
-        console.print(f"probe {rate:.2f} req/s: interactive TTFT p99 {report['ttft_p99_s']:.2f} s (SLO {slo} s) -> {'ok' if ok else 'over'}")
-        if ok:
-            capacity, e2e = rate, report["e2e_p50_s"]
+        probes.append(probe(url, tokenizer, spec, rate, duration_s, 200 + k))
+        if probes[-1]["within_slo"]:
+            capacity, e2e = rate, probes[-1]["e2e_p50_s"]
         else:
             failed_at = rate
     return capacity, e2e, probes

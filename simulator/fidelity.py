@@ -29,7 +29,7 @@ from benchmarks.common import command_line, machine_info, percentile, write_json
 from cluster.spec import ClusterSpec
 from simulator.cluster import SimCluster, SimOptions
 from simulator.cost_model import CPU_NETWORK, LinearCostModel
-from simulator.profile import FULL_GRID, MEDIUM_GRID, kv_bytes_per_token, make_engine, time_shape, time_steps
+from simulator.profile import FULL_GRID, MEDIUM_GRID, drive, kv_bytes_per_token, make_engine, random_prompts, time_shape, time_steps
 from simulator.workload import TraceRequest, azure_trace, rescale_rate
 
 console = Console()
@@ -46,7 +46,8 @@ def trace_slice(seconds: float, max_prompt: int, max_output: int, speedup: float
 def calibration_workload(seconds: float, max_prompt: int, max_output: int, speedup: float) -> list[TraceRequest]:
     """Requests to calibrate on that are not the replayed ones: the Azure *code* trace's first
     seconds, capped and sped up like the replay."""
-    return [replace(r, prompt_tokens=min(r.prompt_tokens, max_prompt), output_tokens=min(r.output_tokens, max_output))
+    return [replace(r, request_id=f"calibration-{r.request_id}", prompt_tokens=min(r.prompt_tokens, max_prompt),
+                    output_tokens=min(r.output_tokens, max_output))
             for r in rescale_rate(azure_trace("code", duration_s=seconds), speedup)]
 
 
@@ -70,29 +71,14 @@ def fit_on(engine, quick: bool, calibration: list[TraceRequest] = ()) -> LinearC
 
 
 def replay_real(engine, requests: list[TraceRequest]) -> dict[str, tuple[float, list[float]]]:
-    """Per request: TTFT and its gaps between tokens, by wall clock."""
-    from workers.engine.sampling import SamplingParams
-
-    rng = np.random.default_rng(1)
-    vocab = engine.model_config.vocab_size
-    prompts = {r.request_id: rng.integers(4, vocab, r.prompt_tokens).tolist() for r in requests}
+    """Per request: TTFT and its gaps between tokens, by wall clock as each step returns."""
     times: dict[str, list[float]] = {r.request_id: [] for r in requests}
-    pending = list(requests)
-    t0 = time.perf_counter()
-    i = 0
-    while i < len(pending) or engine.has_unfinished():
-        now = time.perf_counter() - t0
-        while i < len(pending) and pending[i].arrival_s <= now:
-            r = pending[i]
-            engine.add_request(r.request_id, prompts[r.request_id], SamplingParams(max_tokens=r.output_tokens, ignore_eos=True))
-            i += 1
-        if engine.has_unfinished():
-            outputs = engine.step()
-            stamp = time.perf_counter() - t0
-            for out in outputs:
-                times[out.request_id].append(stamp)
-        elif i < len(pending):
-            time.sleep(max(0.0, pending[i].arrival_s - (time.perf_counter() - t0)))
+
+    def on_step(outputs, started_s: float, ended_s: float) -> None:
+        for out in outputs:
+            times[out.request_id].append(ended_s)
+
+    drive(engine, requests, random_prompts(engine, requests, seed=1), on_step)
     arrival = {r.request_id: r.arrival_s for r in requests}
     return {rid: (ts[0] - arrival[rid], list(np.diff(ts))) for rid, ts in times.items() if ts}
 

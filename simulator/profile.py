@@ -82,16 +82,41 @@ def time_shape(engine, prefill: int, start: int, decodes: int, context: int, rep
             bm.free(seq)
 
 
+def drive(engine, requests, prompts: dict[str, list[int]], on_step) -> None:
+    """Add each request (`TraceRequest`) when the wall clock reaches its arrival time and step
+    the engine until every one has finished; after each step call `on_step(outputs, started_s,
+    ended_s)`, times in seconds from the start."""
+    from workers.engine.sampling import SamplingParams
+
+    pending = sorted(requests, key=lambda r: r.arrival_s)
+    t0 = time.perf_counter()
+    i = 0
+    while i < len(pending) or engine.has_unfinished():
+        now = time.perf_counter() - t0
+        while i < len(pending) and pending[i].arrival_s <= now:
+            r = pending[i]
+            engine.add_request(r.request_id, prompts[r.request_id], SamplingParams(max_tokens=r.output_tokens, ignore_eos=True))
+            i += 1
+        if not engine.has_unfinished():
+            time.sleep(max(0.0, pending[i].arrival_s - (time.perf_counter() - t0)))
+            continue
+        started = time.perf_counter() - t0
+        outputs = engine.step()
+        on_step(outputs, started, time.perf_counter() - t0)
+
+
+def random_prompts(engine, requests, seed: int) -> dict[str, list[int]]:
+    rng = np.random.default_rng(seed)
+    vocab = engine.model_config.vocab_size
+    return {r.request_id: rng.integers(4, vocab, r.prompt_tokens).tolist() for r in requests}
+
+
 def time_steps(engine, requests, *, seed: int = 3) -> tuple[list[BatchShape], list[float]]:
     """Real `LLMEngine.step` calls over a workload (`TraceRequest`s, added at their arrival
     times): each step's batch shape and wall time, with everything a step does besides the
     forward pass — scheduling, sampling, detokenizing, emitting outputs — which the grid of
     forward passes alone leaves out. The engine's scheduler is wrapped only to read each
     step's batch."""
-    from workers.engine.sampling import SamplingParams
-
-    rng = np.random.default_rng(seed)
-    vocab = engine.model_config.vocab_size
     batches: list = []
     schedule = engine.scheduler.schedule
 
@@ -100,28 +125,16 @@ def time_steps(engine, requests, *, seed: int = 3) -> tuple[list[BatchShape], li
         batches.append(batch)
         return batch
 
-    engine.scheduler.schedule = recording
     shapes, seconds = [], []
-    pending = sorted(requests, key=lambda r: r.arrival_s)
+
+    def on_step(outputs, started_s: float, ended_s: float) -> None:
+        if batches and batches[-1]:
+            shapes.append(shape_of(batches[-1]))
+            seconds.append(ended_s - started_s)
+
+    engine.scheduler.schedule = recording
     try:
-        t0 = time.perf_counter()
-        i = 0
-        while i < len(pending) or engine.has_unfinished():
-            now = time.perf_counter() - t0
-            while i < len(pending) and pending[i].arrival_s <= now:
-                r = pending[i]
-                engine.add_request(f"cal-{r.request_id}", rng.integers(4, vocab, r.prompt_tokens).tolist(),
-                                   SamplingParams(max_tokens=r.output_tokens, ignore_eos=True))
-                i += 1
-            if not engine.has_unfinished():
-                time.sleep(max(0.0, pending[i].arrival_s - (time.perf_counter() - t0)))
-                continue
-            started = time.perf_counter()
-            engine.step()
-            elapsed = time.perf_counter() - started
-            if batches and batches[-1]:
-                shapes.append(shape_of(batches[-1]))
-                seconds.append(elapsed)
+        drive(engine, requests, random_prompts(engine, requests, seed), on_step)
     finally:
         del engine.scheduler.schedule  # the class's own method again
     return shapes, seconds
