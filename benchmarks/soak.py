@@ -1,7 +1,7 @@
 """`pavana bench soak`: a bounded soak at 80% of a local cluster's capacity; it stops by itself.
 
-One prefill and one decode replica with a vision pool serve Poisson traffic (a tenth of the
-requests carry an image) in back-to-back segments of 30 s for the stated minutes. After every
+One prefill and one decode replica (beside an idle vision replica) serve Poisson text traffic
+in back-to-back segments of 30 s for the stated minutes. After every
 segment the resident memory of every Ray process is sampled; at the end, once traffic has
 drained, every replica's heartbeat must show all KV blocks free. The capacity is measured first
 as in `pavana bench overload` (interactive TTFT within its SLO).
