@@ -4,10 +4,11 @@
    admission wide open; the capacity is the highest rate whose interactive TTFT P99 is within
    the interactive SLO with no request failing.
 2. Overload. Poisson traffic at 1.5× that rate, a mix of interactive, standard and batch
-   requests, replayed twice with the same arrivals: once without QoS (every class equal, all
-   admitted: first come, first served) and once with Pavana's QoS (classes ordered in the
-   engine's scheduler, lower classes refused at admission with 429 + Retry-After as the
-   ingress fills). The ingress's `max_in_flight` comes from Little's law at capacity
+   requests, replayed twice with the same arrivals: once without QoS (one priority for every
+   class and no admission limit; the engine still orders its queue by each request's TTFT
+   deadline, so batch requests wait behind the others) and once with Pavana's QoS (class
+   priorities in the engine's scheduler, lower classes refused at admission with 429 +
+   Retry-After as the ingress fills). The ingress's `max_in_flight` comes from Little's law at capacity
    (capacity × mean end-to-end latency there, × 1.5 headroom).
 
 Reports the interactive TTFT P99 against its SLO in both runs, refusals per class, goodput per

@@ -124,25 +124,29 @@ def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
     requests = trace_slice(seconds, max_prompt, max_output, speedup)
     engine = make_engine(num_threads=1, num_kv_blocks=KV_BLOCKS, chunk_size=CHUNK)
     fit_started = time.perf_counter()
+    grid_only = fit_on(engine, quick)
     cost = fit_on(engine, quick, calibration_workload(seconds / 2, max_prompt, max_output, speedup))
     fit_s = time.perf_counter() - fit_started
     before = contention(engine)
     real = replay_real(engine, requests)
     after = contention(engine)
-    sim = replay_sim(requests, cost, engine.max_model_len)
-    result = errors(real, sim)
+    result = errors(real, replay_sim(requests, cost, engine.max_model_len))
+    # The same replay against a fit on the forward-pass grid alone, side by side: what the
+    # whole-step calibration adds.
+    baseline = errors(real, replay_sim(requests, grid_only, engine.max_model_len))
     result.update(benchmark="sim_fidelity", quick=quick, machine=machine_info(), command=command_line(),
                   requests=len(requests), trace="azure:conv", trace_seconds=seconds, speedup=speedup, max_prompt_tokens=max_prompt,
                   max_output_tokens=max_output, cost_model=cost.to_dict(), profile_seconds=fit_s,
+                  grid_only={"cost_model": grid_only.to_dict(), **baseline},
                   contention_before=before, contention_after=after, engine={"chunk_size": CHUNK, "max_num_seqs": MAX_SEQS, "num_kv_blocks": KV_BLOCKS, "threads": 1})
     table = Table(title=f"Simulator against the real engine: {len(requests)} requests of azure:conv "
                         f"({seconds:g} s at {speedup:g}×)")
-    for col in ("measure", "real (s)", "simulated (s)", "relative error"):
+    for col in ("measure", "real (s)", "simulated (s)", "relative error", "grid-only fit: error"):
         table.add_column(col, justify="left" if col == "measure" else "right")
     for name in ("ttft_p50", "ttft_p99", "tbt_p50", "tbt_p99"):
-        err = result[f"{name}_error"]
+        err, base = result[f"{name}_error"], baseline[f"{name}_error"]
         table.add_row(name.replace("_", " ").upper(), f"{result[f'{name}_real_s']:.4f}", f"{result[f'{name}_sim_s']:.4f}",
-                      f"{err:.1%}" if err is not None else "n/a")
+                      f"{err:.1%}" if err is not None else "n/a", f"{base:.1%}" if base is not None else "n/a")
     console.print(table)
     console.print(f"machine contention (median / fastest of one small batch): {before:.2f} before the real replay, "
                   f"{after:.2f} after")
