@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,3 +62,24 @@ def ray_cluster():
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@contextmanager
+def deployed_app(spec, name: str, prefix: str, ports: ServeInstance, *, blocking: bool = True) -> Iterator[str]:
+    """Deploy `spec` as application `name` at `prefix` on the session's cluster; yields its
+    OpenAI base URL; afterwards deletes it and its telemetry. `blocking=False` returns before
+    every replica is up (an application that is meant never to be whole)."""
+    import asyncio
+
+    from ray import serve
+    from ray.serve.api import _run
+
+    from cluster.telemetry import TelemetryStore
+    from controller.app import build_app
+
+    _run(build_app(spec), name=name, route_prefix=prefix, _blocking=blocking)
+    try:
+        yield f"http://127.0.0.1:{ports.http_port}{prefix}/v1"
+    finally:
+        serve.delete(name)
+        asyncio.run(TelemetryStore.from_spec(spec).clear())

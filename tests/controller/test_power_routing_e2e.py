@@ -15,6 +15,7 @@ from cluster.records import SitePower
 from cluster.spec import ClusterSpec
 from cluster.telemetry import TelemetryStore
 from controller.reconcile import Reconciler, running_replicas
+from tests.conftest import deployed_app
 
 pytestmark = [pytest.mark.ray, pytest.mark.redis, pytest.mark.slow]
 APP = "power-test"
@@ -23,10 +24,6 @@ PREFIX = "/power"
 
 @pytest.fixture(scope="module")
 def cluster(ray_cluster):
-    from ray import serve
-
-    from controller.app import build_app
-
     site = {"power": {"kind": "redis"}, "power_modes": [{"name": "full", "power_w": 300.0}], "max_replicas": 4}
     spec = ClusterSpec.parse({
         "telemetry_prefix": f"test:{uuid.uuid4().hex}",
@@ -36,12 +33,8 @@ def cluster(ray_cluster):
         "http_port": ray_cluster.http_port,
         "grpc_port": ray_cluster.grpc_port,
     })
-    serve.run(build_app(spec), name=APP, route_prefix=PREFIX)
-    try:
-        yield spec, f"http://127.0.0.1:{ray_cluster.http_port}{PREFIX}/v1"
-    finally:
-        serve.delete(APP)
-        asyncio.run(TelemetryStore.from_spec(spec).clear())
+    with deployed_app(spec, APP, PREFIX, ray_cluster) as url:
+        yield spec, url
 
 
 async def meter(store: TelemetryStore, **watts: float) -> None:

@@ -25,6 +25,7 @@ from PIL import Image
 
 from cluster.spec import ClusterSpec
 from cluster.telemetry import TelemetryStore
+from tests.conftest import deployed_app
 
 pytestmark = [pytest.mark.ray, pytest.mark.redis, pytest.mark.slow]
 APP = "faults-test"
@@ -34,10 +35,6 @@ KEY = "faults-key"
 
 @pytest.fixture(scope="module")
 def cluster(ray_cluster):
-    from ray import serve
-
-    from controller.app import build_app
-
     spec = ClusterSpec.parse({
         "telemetry_prefix": f"test:{uuid.uuid4().hex}",
         "engine": {"num_threads": 1, "num_kv_blocks": 512},
@@ -50,12 +47,8 @@ def cluster(ray_cluster):
         "http_port": ray_cluster.http_port,
         "grpc_port": ray_cluster.grpc_port,
     })
-    serve.run(build_app(spec), name=APP, route_prefix=PREFIX)
-    try:
-        yield spec, f"http://127.0.0.1:{ray_cluster.http_port}{PREFIX}/v1"
-    finally:
-        serve.delete(APP)
-        asyncio.run(TelemetryStore.from_spec(spec).clear())
+    with deployed_app(spec, APP, PREFIX, ray_cluster) as url:
+        yield spec, url
 
 
 def http(base: str) -> httpx.AsyncClient:
@@ -199,11 +192,6 @@ def vision_down(ray_cluster):
     """An application whose vision pool can never be placed (it asks for more CPUs than the
     cluster has): the pool is down for good, the rest of the application is up. (A pool merely
     scaled to zero does not stay down: Serve starts a replica for the first request it gets.)"""
-    from ray import serve
-    from ray.serve.api import _run
-
-    from controller.app import build_app
-
     spec = ClusterSpec.parse({
         "telemetry_prefix": f"test:{uuid.uuid4().hex}",
         "engine": {"num_threads": 1},
@@ -212,12 +200,8 @@ def vision_down(ray_cluster):
         "http_port": ray_cluster.http_port,
         "grpc_port": ray_cluster.grpc_port,
     })
-    _run(build_app(spec), name=APP_NO_VISION, route_prefix=PREFIX_NO_VISION, _blocking=False)
-    try:
-        yield spec, f"http://127.0.0.1:{ray_cluster.http_port}{PREFIX_NO_VISION}/v1"
-    finally:
-        serve.delete(APP_NO_VISION)
-        asyncio.run(TelemetryStore.from_spec(spec).clear())
+    with deployed_app(spec, APP_NO_VISION, PREFIX_NO_VISION, ray_cluster, blocking=False) as url:
+        yield spec, url
 
 
 APP_NO_VISION = "faults-no-vision"
