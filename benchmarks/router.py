@@ -9,7 +9,6 @@ same local Ray cluster and the same replica, at the same concurrency.
 from __future__ import annotations
 
 import asyncio
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -19,16 +18,11 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import run_from_command_line, command_line, machine_info, percentile, write_json
+from benchmarks.common import command_line, machine_info, percentile, run_from_command_line, write_json
+from benchmarks.local_serving import free_port
 
 console = Console()
 API_KEY = "bench-key"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _load(call, *, concurrency: int, total: int) -> tuple[list[float], float]:
@@ -66,8 +60,8 @@ def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
             "topology": "colocated",
             "pools": {"colocated": {}},
             "engine": {"num_threads": 1},
-            "http_port": _free_port(),
-            "grpc_port": _free_port(),
+            "http_port": free_port(),
+            "grpc_port": free_port(),
             "api_keys": [API_KEY],
             "telemetry_prefix": f"bench:{time.time_ns()}",
         })

@@ -15,7 +15,6 @@ markdown table and CDF plots (`<name>_ttft_cdf.png`, `<name>_tbt_cdf.png`, `<nam
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -25,9 +24,9 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.common import command_line, machine_info, run_from_command_line, write_json
+from benchmarks.local_serving import API_KEY, deployed, local_serve
 
 console = Console()
-API_KEY = "bench-key"
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv"
 CLASSES = "interactive=0.7,batch=0.3"
 CONFIGS = (  # name, topology, policy
@@ -40,12 +39,6 @@ COMPARISONS = (  # (a) and (b): what changes, against what
     ("prefill_first vs sarathi (colocated, 2 replicas)", "colocated-prefill_first", "colocated-sarathi"),
 )
 HEADLINE = ("ttft_p50_s", "ttft_p99_s", "tbt_p50_s", "tbt_p99_s", "tbt_max_s", "fluidity_index", "slo_attainment", "goodput_rps", "output_tokens_per_s")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _settings(quick: bool) -> dict[str, Any]:
@@ -79,21 +72,15 @@ def _spec(topology: str, policy: str, http_port: int, grpc_port: int):
     })
 
 
-def _run_one(name: str, spec, http_port: int, settings: dict[str, Any], tokenizer) -> tuple[dict[str, Any], list]:
-    from ray import serve
-
+def _run_one(name: str, spec, ports, settings: dict[str, Any], tokenizer) -> tuple[dict[str, Any], list]:
     from bench.client import run_load
     from bench.prompts import PromptFactory
     from bench.report import build_report, measure
     from bench.serve import served_model, targets_from_spec
     from bench.trace import read_azure_trace
     from bench.workload import from_trace, http_requests, parse_class_mix, plan
-    from controller.app import build_app
 
-    prefix = f"/{name}"
-    serve.run(build_app(spec), name=name, route_prefix=prefix)
-    try:
-        url = f"http://127.0.0.1:{http_port}{prefix}/v1"
+    with deployed(spec, name, ports) as url:
         model, max_context = served_model(url, API_KEY)
         rows = from_trace(read_azure_trace(TRACE, start=settings["trace_start"], limit=settings["num_requests"]), rate_scale=settings["rate_scale"])
         planned, clamped = plan(
@@ -110,8 +97,6 @@ def _run_one(name: str, spec, http_port: int, settings: dict[str, Any], tokenize
         targets = targets_from_spec(spec)
         report = build_report(records, targets, workload=workload)
         return report, measure([r for r in records if not r.warmup], targets)
-    finally:
-        serve.delete(name)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -179,27 +164,17 @@ def _markdown(result: dict[str, Any]) -> str:
 
 
 def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
-    import ray
-    from ray import serve
-    from ray.serve.config import HTTPOptions
-
     from workers.engine.default_model import ensure_default_model
     from workers.engine.tokenizer import Tokenizer
 
     settings = _settings(quick)
     tokenizer = Tokenizer.from_dir(ensure_default_model())
-    http_port, grpc_port = _free_port(), _free_port()
     reports: dict[str, dict[str, Any]] = {}
     metrics: dict[str, list] = {}
     started = time.perf_counter()
-    ray.init(num_cpus=4, resources={"site.local": 10}, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options=HTTPOptions(host="127.0.0.1", port=http_port))
+    with local_serve() as ports:
         for name, topology, policy in CONFIGS:
-            reports[name], metrics[name] = _run_one(name, _spec(topology, policy, http_port, grpc_port), http_port, settings, tokenizer)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+            reports[name], metrics[name] = _run_one(name, _spec(topology, policy, ports.http_port, ports.grpc_port), ports, settings, tokenizer)
     result: dict[str, Any] = {
         "benchmark": "serve_topologies",
         "quick": quick,

@@ -41,6 +41,7 @@ from cluster.records import (
     TelemetrySnapshot,
     WireRecord,
     from_json,
+    pool_key,
     to_json,
 )
 
@@ -108,7 +109,11 @@ class TelemetryStore:
 
     # -- keys -----------------------------------------------------------------------------------
     def heartbeat_key(self, hb: ReplicaHeartbeat) -> str:
-        return f"{self.prefix}hb:{hb.pool_key}:{hb.replica_id}"
+        return self.replica_key(hb.pool, hb.site, hb.replica_id)
+
+    def replica_key(self, pool: str, site: str, replica_id: str) -> str:
+        """Where a replica's heartbeat lives."""
+        return f"{self.prefix}hb:{pool_key(pool, site)}:{replica_id}"
 
     @property
     def requests_key(self) -> str:

@@ -49,7 +49,7 @@ from router.errors import (
     to_error_response,
 )
 from router.limits import RequestLimitsMiddleware, check_grpc_message
-from router.orchestrator import Orchestrator, SitePools
+from router.orchestrator import Orchestrator, SitePools, within
 from router.prompt import ModelFacts, PreparedRequest, PromptBuilder, model_facts
 from router.proto import pavana_pb2 as pb
 from router.proto.lenient import Malformed
@@ -152,10 +152,6 @@ class _Collected:
         self.token_ids.extend(chunk.token_ids)
         if chunk.finished:
             self.finish_reason = chunk.finish_reason
-
-
-async def _awaitable(response: Any) -> Any:
-    return await response
 
 
 def _grpc_usage(num_prompt_tokens: int, num_output_tokens: int) -> pb.Usage:
@@ -512,12 +508,7 @@ class Ingress:
 
     @staticmethod
     async def _ask_pool(handle: Any) -> bool:
-        response = handle.record_routing_stats.remote()
-        try:
-            await asyncio.wait_for(_awaitable(response), READINESS_TIMEOUT_S)
-        except TimeoutError:
-            response.cancel()
-            raise
+        await within(handle.record_routing_stats.remote(), READINESS_TIMEOUT_S)
         return True
 
     # -- gRPC: pavana.v1.Pavana ----------------------------------------------------------------

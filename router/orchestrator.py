@@ -124,16 +124,24 @@ class Orchestrator:
 
     @staticmethod
     async def _encode_within_timeout(vision: Any, images: list[bytes]) -> list[Any]:
-        response = vision.encode.remote(images)
         try:
-            return await asyncio.wait_for(_awaitable(response), VISION_TIMEOUT_S)
+            return await within(vision.encode.remote(images), VISION_TIMEOUT_S)
         except TimeoutError:
-            response.cancel()
             raise StageUnavailable(
                 f"The vision pool did not answer within {VISION_TIMEOUT_S:.0f} s, so images cannot be served now; "
                 "text-only requests are unaffected."
             ) from None
 
 
-async def _awaitable(response: Any) -> Any:
-    return await response
+async def within(response: Any, timeout_s: float) -> Any:
+    """The result of a Serve `DeploymentResponse`, or `TimeoutError` after `timeout_s` with the
+    request cancelled, so that it does not wait on in the deployment's queue."""
+
+    async def result() -> Any:
+        return await response
+
+    try:
+        return await asyncio.wait_for(result(), timeout_s)
+    except TimeoutError:
+        response.cancel()
+        raise

@@ -103,7 +103,7 @@ class Heartbeat:
             live = await self.store.live_heartbeat_keys(self.identity["site"])
         except ConnectionError:
             return self.mode
-        me = self.store.heartbeat_key(self.record_identity())
+        me = self.store.replica_key(self.identity["pool"], self.identity["site"], self.identity["replica_id"])
         mode = mode_for_replica(me, live, self.modes, routing.modes[self.identity["site"]])
         if mode != self.mode:
             log.info("power mode %s -> %s (%.0f W, %.0f%% throughput)", self.mode and self.mode.name, mode.name, mode.power_w, 100 * mode.throughput_fraction)
@@ -111,11 +111,6 @@ class Heartbeat:
             if self.on_mode is not None:
                 self.on_mode(mode)
         return mode
-
-    def record_identity(self) -> ReplicaHeartbeat:
-        """A heartbeat carrying only this replica's identity (for its Redis key)."""
-        return ReplicaHeartbeat(**self.identity, queued_requests=0, running_requests=0, queued_prefill_tokens=0,
-                                free_kv_blocks=0, total_kv_blocks=0, tokens_per_s=0.0, busy_fraction=0.0, power_w=0.0, timestamp_s=0.0)
 
     async def stop(self) -> None:
         if self._task is not None:
