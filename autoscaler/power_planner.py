@@ -11,7 +11,7 @@ measure each class's demand, solve `site_planner.plan_power`, and say what chang
   A class with no recent traffic is spread over the sites in proportion to their capacity,
   so its first requests are not sent to one site by accident.
 - Modes. The plan's per-site mode counts are enacted by the replicas themselves
-  (`mode_for_replica`): each replica ranks itself among the live replicas of its site and
+  (`cluster.power_modes.mode_for_replica`): each replica ranks itself among the live replicas of its site and
   takes the mode at that rank, highest throughput first.
 
 Pure: records and numbers in, records out; no Ray, Redis or clock.
@@ -23,7 +23,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from autoscaler.site_planner import ClassDemand, Mode, PowerPlan, SiteInput, best_mode_mix, plan_power
+from autoscaler.site_planner import ClassDemand, PowerPlan, SiteInput, best_mode_mix, plan_power
+from cluster.power_modes import full_mode
 from cluster.records import Decision, RequestRecord, RoutingPlan
 
 FORECASTERS = ("persistence", "ewma")
@@ -173,7 +174,7 @@ def routing_decisions(previous: RoutingPlan | None, plan: RoutingPlan, why: str,
                     )
                 )
     for site in sites:
-        full = _full_mode(site.modes)
+        full = full_mode(site.modes).name
         reduced_now = sum(n for m, n in plan.modes.get(site.name, {}).items() if m != full)
         reduced_before = sum(n for m, n in (previous.modes.get(site.name, {}) if previous else {}).items() if m != full)
         if reduced_now != reduced_before:
@@ -191,19 +192,3 @@ def routing_decisions(previous: RoutingPlan | None, plan: RoutingPlan, why: str,
     return decisions
 
 
-def _full_mode(modes: Sequence[Mode]) -> str:
-    return max(modes, key=lambda m: (m.throughput_fraction, m.power_w)).name
-
-
-def mode_for_replica(replica_id: str, live_replica_ids: Iterable[str], modes: Sequence[Mode], counts: Mapping[str, int]) -> Mode:
-    """The mode a replica runs in: replicas of a site sorted by id take the planned modes in
-    order of throughput (full clock first); replicas beyond the plan's count take the mode
-    drawing least power. Every replica of a site computes the same assignment on its own."""
-    ranked = sorted(set(live_replica_ids) | {replica_id})
-    rank = ranked.index(replica_id)
-    for mode in sorted(modes, key=lambda m: (-m.throughput_fraction, m.power_w)):
-        n = counts.get(mode.name, 0)
-        if rank < n:
-            return mode
-        rank -= n
-    return min(modes, key=lambda m: (m.power_w, -m.throughput_fraction))

@@ -26,12 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linprog
 
-
-@dataclass(frozen=True, slots=True)
-class Mode:
-    name: str
-    power_w: float  # one replica's draw in this mode
-    throughput_fraction: float  # of full-clock throughput
+from cluster.power_modes import Mode
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from benchmarks.common import run_from_command_line, command_line, machine_info, percentile, write_json
+from bench.common import run_from_command_line, command_line, machine_info, percentile, write_json
 from workers.engine.config import EngineConfig
 from workers.engine.default_model import write_tiny_llama
 from workers.engine.llm_engine import LLMEngine

@@ -27,8 +27,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from autoscaler.site_planner import ClassDemand, Mode, SiteInput, best_mode_mix, plan_power
-from benchmarks.common import command_line, machine_info, run_from_command_line, write_json
+from autoscaler.site_planner import ClassDemand, SiteInput, best_mode_mix, plan_power
+from cluster.power_modes import Mode
+from bench.common import command_line, machine_info, run_from_command_line, write_json
 
 console = Console()
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -18,7 +18,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import command_line, machine_info, percentile, run_from_command_line, write_json
+from bench.common import command_line, machine_info, percentile, run_from_command_line, write_json
 from benchmarks.local_serving import free_port
 
 console = Console()

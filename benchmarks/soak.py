@@ -23,7 +23,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import command_line, machine_info, run_from_command_line, write_json
+from bench.common import command_line, machine_info, run_from_command_line, write_json
 from benchmarks.local_serving import API_KEY, deployed, local_serve, poisson_requests, replay
 from benchmarks.overload import OUTPUT_TOKENS, PROMPT_TOKENS, find_capacity
 

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from safetensors.torch import save_file
 
-from benchmarks.common import command_line, machine_info, run_from_command_line, write_json
+from bench.common import command_line, machine_info, run_from_command_line, write_json
 from workers.vision.encoder import VisionEncoder
 
 console = Console()

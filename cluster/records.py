@@ -17,7 +17,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-SCHEMA_VERSION = 1
+# 2: heartbeats carry images_per_s and queued_images (a vision replica's measured cost and queue).
+SCHEMA_VERSION = 2
 
 Outcome = Literal["ok", "error", "rejected", "aborted"]
 # scale_*: a pool@site changes size; reroute: a class's share of traffic at a site changes
@@ -42,6 +43,10 @@ def pool_key(pool: str, site: str) -> str:
     return f"{pool}@{site}"
 
 
+def rank_id(pool: str, site: str, replica_id: str) -> str:
+    return f"{pool_key(pool, site)}:{replica_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class ReplicaHeartbeat:
     """One replica's load, written every few seconds with a time-to-live."""
@@ -60,12 +65,20 @@ class ReplicaHeartbeat:
     power_w: float
     timestamp_s: float
     power_mode: str = ""  # the mode the replica runs in ("" before the first routing plan)
+    images_per_s: float = 0.0  # vision replicas: images encoded per second over the last window
+    queued_images: int = 0  # vision replicas: images waiting or being encoded
 
     __pydantic_config__ = _STRICT_FIELDS
 
     @property
     def pool_key(self) -> str:
         return pool_key(self.pool, self.site)
+
+    @property
+    def rank_id(self) -> str:
+        """The name by which the replicas of a site rank themselves for power modes
+        (`cluster.power_modes.mode_for_replica`); its heartbeat's Redis key less the prefix."""
+        return rank_id(self.pool, self.site, self.replica_id)
 
     @property
     def kv_occupancy(self) -> float:

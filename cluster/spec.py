@@ -249,6 +249,17 @@ class ClusterSpec(_Model):
         path = Path(path)
         return cls.from_yaml_text(path.read_text(), base_dir=path.resolve().parent)
 
+    @classmethod
+    def load(cls, path: str | Path | None) -> ClusterSpec:
+        """The spec in the YAML file at `path`, or the embedded defaults without one. A file
+        that cannot be read is a `SpecError` too, so a command line has one error to report."""
+        if path is None:
+            return cls.default()
+        try:
+            return cls.from_yaml(path)
+        except OSError as exc:
+            raise SpecError(f"spec: cannot read {path}: {exc.strerror or exc}") from None
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 

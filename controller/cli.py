@@ -30,8 +30,8 @@ JsonOption = typer.Option(None, "--json", help="write the results as JSON to thi
 
 def load_spec(path: Optional[Path]) -> ClusterSpec:
     try:
-        return ClusterSpec.from_yaml(path) if path else ClusterSpec.default()
-    except (SpecError, OSError) as exc:
+        return ClusterSpec.load(path)
+    except SpecError as exc:
         # Escaped: error messages hold brackets ("[min_replicas, max_replicas]") that rich would
         # otherwise take for markup and swallow.
         console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
@@ -44,6 +44,7 @@ def up(
     address: Optional[str] = typer.Option(None, help="join this Ray cluster instead of starting a local one"),
     insecure: bool = typer.Option(False, "--insecure", help="serve inference without API keys"),
     redis: Optional[str] = typer.Option(None, "--redis", help="telemetry Redis URL (default: the spec's, else a private redis-server)"),
+    record: Optional[Path] = typer.Option(None, "--record", help="append every control round (observation, memory, decisions) to this JSON-lines file"),
 ) -> None:
     """Start Ray (local unless --address), deploy the spec's pools and router, serve until Ctrl-C."""
     from controller.up import up as run_up
@@ -64,7 +65,7 @@ def up(
 
     if redis:
         cluster_spec = cluster_spec.model_copy(update={"redis_url": redis})
-    run_up(cluster_spec, address=address, insecure=insecure, on_ready=ready)
+    run_up(cluster_spec, address=address, insecure=insecure, on_ready=ready, record_path=record.resolve() if record else None)
 
 
 @app.command()

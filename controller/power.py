@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import time
 
-from autoscaler.site_planner import Mode, SiteInput
+from autoscaler.site_planner import SiteInput
+from cluster.power_modes import Mode
 from cluster.records import SitePower, TelemetrySnapshot
 from cluster.spec import ClusterSpec, ConstantPower, RedisPower, TracePower
 

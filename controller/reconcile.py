@@ -1,14 +1,13 @@
 """The reconcile loop: observe ▸ plan ▸ act, every few seconds (KubeRay-style).
 
-Observe: the telemetry snapshot from Redis and the replicas Ray Serve runs. Plan, on two
-timescales (Heron): every round the pure stage autoscaler (`autoscaler.policy.plan`) sizes
-each pool and `fit_to_power` caps every site by the power it has now; every planning interval,
-or at once when a site's power leaves what the last plan assumed, the power planner
-(`autoscaler.power_planner`) re-divides each class's traffic between the sites and picks each
-site's power modes from the power forecast. Act: write both plans where Ray Serve's
-autoscaling hook (`autoscaler.serve_hook.FollowPlan`), the ingress's site router and the
-replicas read them, and record every change as a decision with its reason, for `pavana status`
-and the dashboard. Acting on the same plan twice changes nothing.
+Observe: the telemetry snapshot from Redis, the replicas Ray Serve runs, and each site's power
+now (`controller.power`). Plan: one pure call, `autoscaler.round.plan_round`, which decides the
+whole round (pool sizes, the fit under power, the power planner's routing plan and modes, every
+decision with its reason) and hands back the memory for the next round. Act: write the plans
+where Ray Serve's autoscaling hook (`autoscaler.serve_hook.FollowPlan`), the ingress's site
+router and the replicas read them, and record every decision, for `pavana status` and the
+dashboard. This module decides nothing itself; the simulator makes the same call on simulated
+observations. Acting on the same plan twice changes nothing.
 """
 
 from __future__ import annotations
@@ -17,17 +16,14 @@ import asyncio
 import logging
 import threading
 import time
-from collections import deque
-from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import ray
 
-from autoscaler.config import from_spec as autoscaler_config
-from autoscaler.policy import plan as make_plan
-from autoscaler.power_cap import fit_to_power
-from autoscaler.power_planner import PlannerSettings, class_demands, needs_replan, plan_routing, planning_power, routing_decisions
-from cluster.records import Decision, Plan, RoutingPlan, SitePower, TelemetrySnapshot, WireRecord, pool_key
+from autoscaler.round import Observation, RoundMemory, RoundResult, plan_round, settings_from_spec
+from autoscaler.round_log import dump_round
+from cluster.records import Plan, pool_key
 from cluster.spec import ClusterSpec
 from cluster.telemetry import TelemetryStore
 from controller.power import PowerSources
@@ -35,9 +31,6 @@ from controller.power import PowerSources
 log = logging.getLogger(__name__)
 
 RECONCILER_NAME = "pavana-reconciler"
-POWER_HISTORY = 120  # readings per site kept for the forecast (10 minutes at the default interval)
-# A class may be sent to a site whose network latency is at most this share of its TTFT SLO.
-LATENCY_SHARE_OF_TTFT = 0.25
 NAMESPACE = "pavana"
 
 
@@ -66,98 +59,103 @@ class Reconciler:
         interval_s: float = 5.0,
         autoscaler: dict[str, Any] | None = None,
         planner: dict[str, Any] | None = None,
+        record_path: str | Path | None = None,
     ) -> None:
         """`autoscaler` overrides the autoscaler's thresholds and profiled costs (cool-down, ...);
-        `planner` the power planner's (`PlannerSettings`: forecaster, interval, ...)."""
+        `planner` the power planner's (`PlannerSettings`: forecaster, interval, ...);
+        `record_path` appends every round (observation, memory, result) as a JSON line."""
         self.spec = spec
         self.app_name = app_name
         self.interval_s = interval_s
         self.store = TelemetryStore.from_spec(spec)
-        self.config = autoscaler_config(spec, **(autoscaler or {}))
+        self.settings = settings_from_spec(spec, autoscaler=autoscaler, planner=planner)
         self.power = PowerSources(spec)
-        self.required_stages = frozenset({"colocated"} if spec.topology == "colocated" else {"prefill", "decode"})
-        self.last_change_s: dict[str, float] = {}
-        self.last_plan: Plan | None = None
-        self.planner = PlannerSettings(**(planner or {}))
-        self.power_history: dict[str, deque[float]] = {s.name: deque(maxlen=POWER_HISTORY) for s in spec.sites}
-        self.routing: RoutingPlan | None = None
-        self._routing_loaded = False
-        self._cooldowns_restored = False
+        self.memory = RoundMemory()
+        self.record_path = Path(record_path) if record_path else None
+        self.last_result: RoundResult | None = None
+        self._memory_restored = False
 
-    async def observe(self) -> tuple[TelemetrySnapshot, dict[str, int]]:
+    @property
+    def config(self):
+        return self.settings.autoscaler
+
+    @property
+    def last_plan(self) -> Plan | None:
+        return self.last_result.plan if self.last_result else None
+
+    @property
+    def routing(self):
+        return self.memory.routing
+
+    async def observe(self, now_s: float) -> Observation:
         snapshot = await self.store.snapshot()
         current = await asyncio.get_running_loop().run_in_executor(None, running_replicas, self.spec, self.app_name)
-        return snapshot, current
+        return self.observation(snapshot, current, now_s)
 
-    async def act(self, plan: Plan, power: list[SitePower] = (), routing: list[WireRecord] = ()) -> None:
+    def observation(self, snapshot, current: dict[str, int], now_s: float) -> Observation:
+        """An observation from a snapshot and replica counts: each site's power evaluated now."""
+        power = {s.name: w for s in self.spec.sites if (w := self.power.available_w(s.name, snapshot, now_s)) is not None}
+        return Observation(now_s=now_s, snapshot=snapshot, current=dict(current), power_w=power)
+
+    async def act(self, observation: Observation, result: RoundResult) -> bool:
         """Publish the plans for the autoscaling hook, the site router and the replicas, and
-        record each change with its reason."""
-        changes = plan.changes()
+        record each decision with its reason. False when Redis could not take them: then
+        nothing was enacted and the round's memory is not kept."""
+        routing = [result.routing] if result.replanned and result.routing else []
+        power = self.power.published(observation.snapshot, observation.now_s)
         try:
-            await self.store.write_batch([plan, *changes, *power, *routing])
+            await self.store.write_batch([result.plan, *result.decisions, *power, *routing])
         except ConnectionError as exc:
             log.warning("reconcile: cannot write the plan (%s); Serve keeps its current sizes", exc)
-            return
-        for decision in changes:
-            self.last_change_s[decision.target] = plan.timestamp_s
-        for decision in [*changes, *(r for r in routing if isinstance(r, Decision))]:
-            log.info("%s %s: %d -> %d (%s)", decision.kind, decision.target, decision.before, decision.after, decision.reason)
+            return False
+        for d in result.decisions:
+            log.info("%s %s: %d -> %d (%s)", d.kind, d.target, d.before, d.after, d.reason)
+        return True
 
-    async def plan_sites(self, snapshot: TelemetrySnapshot, now_s: float) -> list[WireRecord]:
-        """The power planner's round: a new routing plan and its decisions when one is due,
-        else nothing. A restarted controller takes up the plan it finds in Redis."""
-        if not self._routing_loaded:
-            try:
-                self.routing = await self.store.read_routing()
-                self._routing_loaded = True
-            except ConnectionError:
-                return []
-        inputs = self.power.site_inputs(snapshot, now_s)
-        if not inputs:
-            return []
-        power_now = {name: site.available_power_w for name, site in inputs.items()}
-        why = needs_replan(self.routing, power_now, now_s, self.planner)
-        planning = [
-            replace(site, available_power_w=planning_power(site.available_power_w, self.power_history[name], self.planner))
-            for name, site in inputs.items()
-        ]
-        for name, watts in power_now.items():
-            self.power_history[name].append(watts)
-        if why is None:
-            return []
-        classes = {c.name: 1.0 / (1 + c.priority) for c in self.spec.qos_classes}
-        budgets = {c.name: LATENCY_SHARE_OF_TTFT * c.slo.ttft_s * 1000 for c in self.spec.qos_classes}
-        demands = class_demands(snapshot.requests, classes, now_s, self.planner, latency_budget_ms=budgets)
-        routing = plan_routing(planning, demands, now_s)
-        decisions = routing_decisions(self.routing, routing, why, planning)
-        self.routing = routing
-        return [routing, *decisions]
-
-    async def restore_cooldowns(self) -> None:
-        """A restarted controller reads when each pool last changed from the recorded
-        decisions, so the cool-down still holds and a restart causes no burst of actions."""
+    async def restore_memory(self) -> None:
+        """A restarted controller takes up the routing plan it finds in Redis, and reads when
+        each pool last changed from the recorded decisions, so cool-downs still hold and a
+        restart causes no burst of actions."""
+        routing = await self.store.read_routing()
+        last_change: dict[str, float] = {}
         for decision in await self.store.recent_decisions(count=500):
             if decision.kind in ("scale_up", "scale_down"):
-                self.last_change_s[decision.target] = max(self.last_change_s.get(decision.target, 0.0), decision.timestamp_s)
-        self._cooldowns_restored = True
+                last_change[decision.target] = max(last_change.get(decision.target, 0.0), decision.timestamp_s)
+        self.memory = RoundMemory(last_change_s=last_change, routing=routing, power_history=self.memory.power_history,
+                                  started_s=self.memory.started_s)
+        self._memory_restored = True
+
+    def plan(self, observation: Observation) -> RoundResult:
+        return plan_round(observation, self.memory, self.settings)
+
+    async def round(self, observation: Observation) -> RoundResult:
+        """Plan and act on one observation; keep the new memory once the plan is published."""
+        if not self._memory_restored:
+            try:
+                await self.restore_memory()
+            except ConnectionError:
+                log.warning("reconcile: cannot read the last plan and decisions yet; cool-downs start now")
+        memory = self.memory
+        result = self.plan(observation)
+        if await self.act(observation, result):
+            self.memory = result.memory
+            self._record(observation, memory, result)
+        self.last_result = result
+        return result
 
     async def reconcile_once(self, now_s: float | None = None) -> Plan:
-        """Size each pool for its demand, then fit every site under the power it has now."""
         now_s = now_s if now_s is not None else time.time()
-        if not self._cooldowns_restored:
-            try:
-                await self.restore_cooldowns()
-            except ConnectionError:
-                log.warning("reconcile: cannot read past decisions yet; cool-downs start now")
-        snapshot, current = await self.observe()
-        plan = make_plan(snapshot, self.config, current, now_s, self.last_change_s)
-        routing: list[WireRecord] = []
-        if not snapshot.stale:  # no action on stale data, power included
-            plan = fit_to_power(plan, self.power.site_inputs(snapshot, now_s), self.required_stages)
-            routing = await self.plan_sites(snapshot, now_s)
-        await self.act(plan, self.power.published(snapshot, now_s), routing)
-        self.last_plan = plan
-        return plan
+        result = await self.round(await self.observe(now_s))
+        return result.plan
+
+    def _record(self, observation: Observation, memory: RoundMemory, result: RoundResult) -> None:
+        if self.record_path is None:
+            return
+        try:
+            with self.record_path.open("a") as f:
+                f.write(dump_round(observation, memory, result) + "\n")
+        except OSError as exc:  # a full disk must not stop the loop
+            log.warning("reconcile: cannot record the round to %s (%s)", self.record_path, exc)
 
     async def run(self) -> None:
         while True:
@@ -176,8 +174,8 @@ class ReconcilerActor:
     actor that Ray restarts after a crash (`max_restarts=-1`) resumes reconciling by itself;
     it then takes up the routing plan and the cool-downs it finds in Redis."""
 
-    def __init__(self, spec: dict[str, Any], app_name: str, interval_s: float) -> None:
-        self.reconciler = Reconciler(ClusterSpec.parse(spec), app_name=app_name, interval_s=interval_s)
+    def __init__(self, spec: dict[str, Any], app_name: str, interval_s: float, record_path: str | None = None) -> None:
+        self.reconciler = Reconciler(ClusterSpec.parse(spec), app_name=app_name, interval_s=interval_s, record_path=record_path)
         self._thread = threading.Thread(target=lambda: asyncio.run(self.reconciler.run()), name="reconcile", daemon=True)
         self._thread.start()
 
@@ -189,11 +187,12 @@ class ReconcilerActor:
         return None if plan is None else {t.key: {"current": t.current, "desired": t.desired, "reason": t.reason} for t in plan.targets}
 
 
-def start_reconciler(spec: ClusterSpec, *, app_name: str = "pavana", interval_s: float = 5.0):
-    """Start (or find) the detached reconcile actor and its loop."""
+def start_reconciler(spec: ClusterSpec, *, app_name: str = "pavana", interval_s: float = 5.0, record_path: str | Path | None = None):
+    """Start (or find) the detached reconcile actor and its loop; `record_path` (a path on the
+    actor's node) receives every round as a JSON line."""
     actor = ReconcilerActor.options(
         name=RECONCILER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
-    ).remote(spec.model_dump(mode="json"), app_name, interval_s)
+    ).remote(spec.model_dump(mode="json"), app_name, interval_s, str(record_path) if record_path else None)
     if not ray.get(actor.alive.remote()):
         raise RuntimeError("the reconcile loop did not start; see the pavana-reconciler actor's log")
     return actor

@@ -126,7 +126,7 @@ def start_ray(spec: ClusterSpec, address: str | None) -> None:
     )
 
 
-def up(spec: ClusterSpec, *, address: str | None = None, insecure: bool = False, on_ready=None) -> None:
+def up(spec: ClusterSpec, *, address: str | None = None, insecure: bool = False, on_ready=None, record_path=None) -> None:
     """Deploy and serve until SIGINT/SIGTERM; then shut Serve (and an embedded Ray) down."""
     import ray
     from ray import serve
@@ -143,7 +143,7 @@ def up(spec: ClusterSpec, *, address: str | None = None, insecure: bool = False,
         signal.signal(sig, lambda *_: stop.set())
     try:
         start_serving(spec)
-        start_reconciler(spec)
+        start_reconciler(spec, record_path=record_path)
         endpoints = Endpoints(
             http_url=f"http://127.0.0.1:{spec.http_port}/v1",
             grpc_address=f"127.0.0.1:{spec.grpc_port}",

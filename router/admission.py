@@ -70,6 +70,13 @@ class AdmissionControl:
     refused: dict[str, int] = field(default_factory=dict)
 
     @classmethod
+    def from_spec(cls, spec) -> AdmissionControl:
+        """One ingress replica's admission from a cluster spec's QoS classes (the ingress and
+        the simulator build it this one way)."""
+        policies = [ClassPolicy(c.name, c.priority, c.max_in_flight, c.admit_below_load) for c in spec.qos_classes]
+        return cls.from_classes(policies, spec.max_in_flight)
+
+    @classmethod
     def from_classes(cls, classes: Iterable[ClassPolicy], max_in_flight: int) -> AdmissionControl:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight: must be >= 1, got {max_in_flight}")

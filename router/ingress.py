@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cluster.records import RequestRecord
 from cluster.spec import ClusterSpec
 from cluster.telemetry import TelemetryPublisher, TelemetryStore
-from router.admission import QOS_HEADER, AdmissionControl, ClassPolicy, Overloaded, resolve_class
+from router.admission import QOS_HEADER, AdmissionControl, Overloaded, resolve_class
 from router.auth import APIKeys
 from router.errors import (
     INVALID_REQUEST,
@@ -256,10 +256,8 @@ class Ingress:
             qos_class=self.spec.default_qos_class,
         )
         self.keys = APIKeys(self.spec.api_keys)
-        self.class_policies = {
-            c.name: ClassPolicy(c.name, c.priority, c.max_in_flight, c.admit_below_load) for c in self.spec.qos_classes
-        }
-        self.admission = AdmissionControl.from_classes(self.class_policies.values(), self.spec.max_in_flight)
+        self.admission = AdmissionControl.from_spec(self.spec)
+        self.class_policies = self.admission.policies
         self.pools = pools
         self.orchestrator = Orchestrator({site: SitePools(**stages) for site, stages in pools.items()})
         self._site_names = [site.name for site in self.spec.sites]

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cluster.spec import ClusterSpec, SpecError
+
 sim_app = typer.Typer(help="Simulate a whole cluster with Pavana's own policies and profiled costs.", no_args_is_help=True)
 console = Console()
 
@@ -22,6 +24,13 @@ CostOption = typer.Option("gpu:a100", "--cost", help="gpu:a100, gpu:h100[:llama3
 def _fail(exc: Exception) -> None:
     console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
     raise typer.Exit(1)
+
+
+def _spec(path: Path) -> ClusterSpec:
+    try:
+        return ClusterSpec.load(path)
+    except SpecError as exc:
+        _fail(exc)
 
 
 def profile_command(
@@ -74,13 +83,12 @@ def run(
     json_path: Optional[Path] = JsonOption,
 ) -> None:
     """Run one scenario: per-request TTFT/TBT/latency, SLO attainment, goodput, replica-seconds and energy per site."""
-    from controller.cli import load_spec
     from simulator.cluster import SimOptions
     from simulator.metrics import per_request_rows
     from simulator.scenario import read_workload, run_scenario
     from simulator.workload import assign_classes, attach_images, rescale_rate
 
-    cluster_spec = load_spec(spec)
+    cluster_spec = _spec(spec)
     if policy:
         cluster_spec = cluster_spec.model_copy(update={"engine": cluster_spec.engine.model_copy(update={"policy": policy})})
     try:
@@ -129,11 +137,10 @@ def sweep(
     json_path: Optional[Path] = JsonOption,
 ) -> None:
     """Run a grid of rates × engine policies; one row per point."""
-    from controller.cli import load_spec
     from simulator.sweep import run_sweep
 
     try:
-        result = run_sweep(load_spec(spec), trace, cost, [float(r) for r in rates.split(",")], policies.split(","), duration)
+        result = run_sweep(_spec(spec), trace, cost, [float(r) for r in rates.split(",")], policies.split(","), duration)
     except ValueError as exc:
         _fail(exc)
     table = Table(title=f"Sweep over {spec.name} × {trace}")

@@ -1,20 +1,22 @@
 """The simulated cluster: sites with their power, pools of simulated replicas, and the
-router, autoscaler and power policies that Pavana runs — the same functions, fed from the
+router, admission and control policies that Pavana runs — the same functions, fed from the
 simulation's state instead of Redis and Ray.
 
-- Arrivals pick a site (`router.site_router.choose_site` over the planned shares and each
-  site's power), then a replica of the entry stage (`router.replica_choice`).
+- Arrivals pass QoS admission (`router.admission.AdmissionControl`, as one ingress replica
+  admits), pick a site (`router.site_router.choose_site` over the planned shares and each
+  site's power), then a replica of the entry stage (`router.replica_choice`). Sequences carry
+  their class's priority and first-token deadline, so the engine's scheduler orders them as it
+  does live.
 - Stages follow the topology: images go to the vision pool when there is one (otherwise a
   colocated replica encodes them inside its iterations), prompts to prefill or colocated
   replicas, prefilled requests to decode replicas after their KV crosses the network.
-- Every `control_interval_s` the reconcile loop builds a telemetry snapshot (heartbeats with
-  busy fraction and tokens/s over the interval, request records of the window) and plans with
-  `autoscaler.policy.plan`, then fits the plan under each site's power
-  (`autoscaler.power_cap.fit_to_power`) when power-aware. New replicas start cold.
-- Power is physical: when a site's power falls below what its replicas draw, replicas go dark
-  at once (cheaper power modes first when power-aware) and their requests are lost.
-- Optionally (`HeronPlanner`) the slow planner of `autoscaler.site_planner` places a replica
-  budget across sites by forecast power and sets each class's traffic shares.
+- Every `control_interval_s` the controller observes (heartbeats with busy fraction, tokens/s
+  and images/s over the interval, the request records of the window, replicas per pool, each
+  site's power now) and makes the live reconcile loop's one call,
+  `autoscaler.round.plan_round`; then it acts: resizes pools (new replicas start cold), follows
+  the routing plan's shares, and runs every replica in the power mode the round assigned it.
+- Power is physical: when a site's power falls below what its replicas draw, the site's
+  battery rides through `ride_through_s`, then replicas go dark and their requests are lost.
 """
 
 from __future__ import annotations
@@ -22,21 +24,19 @@ from __future__ import annotations
 import math
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from autoscaler.config import from_spec
-from autoscaler.policy import plan as autoscale_plan
-from autoscaler.power_cap import fit_to_power
-from autoscaler.power_planner import routing_shares
-from autoscaler.site_planner import ClassDemand, Mode, SiteInput, best_mode_mix, plan_power
+from autoscaler.round import Observation, RoundMemory, RoundResult, plan_round, settings_from_spec
+from cluster.power_modes import Mode, full_mode, mode_for_replica
 from cluster.power_trace import PowerTrace, power_at
-from cluster.records import Plan, PoolTarget, ReplicaHeartbeat, RequestRecord, TelemetrySnapshot, pool_key
+from cluster.records import ReplicaHeartbeat, RequestRecord, TelemetrySnapshot, pool_key, rank_id
 from cluster.spec import ClusterSpec, ConstantPower, TracePower
+from router.admission import AdmissionControl, Overloaded
 from router.replica_choice import ReplicaLoad, rank_for_decode, rank_for_prefill
 from router.site_router import SitePower, choose_site
-from simulator.cost_model import BatchShape, CostModel, Network
+from simulator.cost_model import CostModel, Network
 from simulator.events import EventLoop, Kind
 from simulator.replica import BaseReplica, SimReplica, VisionReplica
 from simulator.request import SimRequest
@@ -49,7 +49,7 @@ class SimOptions:
     cold_start_s: float = 30.0
     control_interval_s: float = 5.0
     autoscale: bool = True
-    power_aware: bool = True  # fit pools under power, downclock before going dark, skip overdrawn sites
+    power_aware: bool = True  # fit pools under power, plan sites and power modes, skip overdrawn sites
     routing: str = "planned"  # planned: site router over shares; least_loaded: any site's least-loaded replica
     power_interval_s: float = 60.0  # how often a trace-powered site's power is re-read
     ride_through_s: float = 30.0  # a site's battery carries an overdraw this long, then replicas go dark
@@ -58,21 +58,10 @@ class SimOptions:
     tokens_per_image: int = 576
     max_model_len: int | None = None
     enable_prefix_caching: bool = False  # traces carry no token contents to share
-    autoscaler_overrides: dict = field(default_factory=dict)
+    autoscaler_overrides: dict = field(default_factory=dict)  # AutoscalerConfig fields
+    planner_overrides: dict = field(default_factory=dict)  # PlannerSettings fields
+    qos_admission: bool = True  # admit as one ingress replica would (429s recorded as rejected)
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class HeronPlanner:
-    """The slow timescale: each interval place `budget` colocated replicas across sites where the
-    forecast (persistence: the power now) affords the most, and plan shares by the LP.
-    With `placement="even"` it is the power-oblivious baseline instead: the budget split evenly
-    across sites every interval, whatever their power."""
-
-    budget: int
-    interval_s: float
-    placement: str = "power"  # power | even
-    trim: bool = True  # keep only the replicas the LP's allocation needs (the planner's own rule)
 
 
 @dataclass(slots=True)
@@ -95,13 +84,11 @@ class SiteState:
 
 
 class SimCluster:
-    def __init__(self, spec: ClusterSpec, cost: CostModel, network: Network, options: SimOptions = SimOptions(),
-                 heron: HeronPlanner | None = None) -> None:
+    def __init__(self, spec: ClusterSpec, cost: CostModel, network: Network, options: SimOptions = SimOptions()) -> None:
         self.spec = spec
         self.cost = cost
         self.network = network
         self.options = options
-        self.heron = heron
         self.loop = EventLoop()
         self.rng = np.random.default_rng(options.seed)
         e = spec.engine
@@ -116,8 +103,16 @@ class SimCluster:
         self.sites: dict[str, SiteState] = {s.name: self._site_state(s) for s in spec.sites}
         self.pools = dict(spec.pools)
         self.entry_pool = "colocated" if spec.topology == "colocated" else "prefill"
-        self.required_stages = frozenset({"colocated"} if spec.topology == "colocated" else {"prefill", "decode"})
-        self.autoscaler_config = from_spec(spec, **options.autoscaler_overrides)
+        # The cost model's own costs are the profiled defaults a cold start plans with; once
+        # replicas have worked, the round measures them from heartbeats as it does live.
+        autoscaler = {"encode_s_per_image": cost.encode_time(1), **options.autoscaler_overrides}
+        self.settings = settings_from_spec(spec, autoscaler=autoscaler, planner=options.planner_overrides,
+                                           autoscale=options.autoscale, power_aware=options.power_aware)
+        self.autoscaler_config = self.settings.autoscaler
+        self.memory = RoundMemory()
+        self.rounds: list[RoundResult] = []
+        self.admission = AdmissionControl.from_spec(spec)
+        self.classes = {c.name: c for c in spec.qos_classes}
         self.shares: dict[str, dict[str, float]] = {c.name: {s: 1.0 for s in self.sites} for c in spec.qos_classes}
         self.requests: list[SimRequest] = []
         self.backlog: dict[tuple[str, str], deque[SimRequest]] = defaultdict(deque)
@@ -133,17 +128,14 @@ class SimCluster:
         self._arrivals_left = 0
         self._last_sample = 0.0
         self._last_control = 0.0
-        self._arrived_by_class: dict[str, list[SimRequest]] = defaultdict(list)
         self._all_replicas: list[BaseReplica] = []
         self._done = False
         self._cut_pending: set[str] = set()
-        self._busy_mark = 0.0
         for site in self.sites.values():
             site.available_w = site.power_fn(0.0)
             for name, pool in self.pools.items():
                 for _ in range(pool.initial_replicas):
                     self._start_replica(name, site, cold=False)
-        self._enforce_power_all()
 
     # -- construction ---------------------------------------------------------------------------------
     def _site_state(self, s) -> SiteState:
@@ -162,7 +154,7 @@ class SimCluster:
     def _start_replica(self, pool: str, site: SiteState, *, cold: bool) -> BaseReplica:
         self._ids += 1
         stage = self.pools[pool].stage
-        mode = max(site.modes, key=lambda m: m.throughput_fraction)
+        mode = full_mode(site.modes)
         common = dict(replica_id=f"{pool}@{site.name}#{self._ids}", stage=stage, site=site.name, loop=self.loop,
                       cost=self.cost, sink=self, power_w=mode.power_w, speed=mode.throughput_fraction,
                       started_s=self.loop.now, ready=not cold)
@@ -181,6 +173,8 @@ class SimCluster:
         if not replica.alive:
             return
         replica.ready = True
+        site = self.sites[replica.site]
+        self._follow_modes(site, self.rounds[-1].replica_modes if self.rounds else {})
         pool = self._pool_of(replica)
         self._flush_backlog(pool, replica.site)
         replica._kick()
@@ -198,10 +192,7 @@ class SimCluster:
         self._outstanding = len(trace)
         self.loop.at(0.0, Kind.CONTROL, self._control)
         self.loop.at(0.0, Kind.SAMPLE, self._sample)
-        if any(not isinstance(s.power, ConstantPower) for s in self.spec.sites):
-            self.loop.at(0.0, Kind.POWER, self._power_tick)
-        if self.heron:
-            self.loop.at(0.0, Kind.CONTROL, self._heron_tick)
+        self.loop.at(0.0, Kind.POWER, self._power_tick)
         end = (trace[-1].arrival_s if trace else 0.0) + drain_s
         self.loop.run(end, on_advance)
         self._sample()
@@ -218,9 +209,18 @@ class SimCluster:
         self._arrivals_left -= 1
         req = SimRequest(t, image_tokens=t.num_images * self.options.tokens_per_image)
         self.requests.append(req)
-        self._arrived_by_class[t.qos_class].append(req)
+        qos = self.classes.get(t.qos_class)
+        if qos is None:
+            return self._fail(req, "rejected", f"unknown QoS class {t.qos_class!r}")
+        req.priority, req.deadline_s = qos.priority, t.arrival_s + qos.slo.ttft_s  # as the ingress stamps them
         if req.prompt_tokens + t.output_tokens > self.max_model_len:
             return self._fail(req, "rejected", f"{req.prompt_tokens} + {t.output_tokens} tokens exceed the context of {self.max_model_len}")
+        if self.options.qos_admission:
+            try:
+                self.admission.admit(t.qos_class)
+            except Overloaded as exc:
+                return self._fail(req, "rejected", exc.message)
+            req.admitted = True
         site = self._choose_site(req)
         if site is None:
             return self._fail(req, "rejected", "no site has power for new work")
@@ -285,9 +285,7 @@ class SimCluster:
     def on_finished(self, req: SimRequest, now_s: float, replica: BaseReplica) -> None:
         req.finish_s = now_s
         req.outcome = "ok"
-        self._record(req)
-        self._outstanding -= 1
-        self._check_done()
+        self._settle(req)
 
     def on_encoded(self, req: SimRequest, now_s: float, replica: BaseReplica) -> None:
         self._route(self.entry_pool, self.sites[replica.site], req)
@@ -332,6 +330,13 @@ class SimCluster:
     def _fail(self, req: SimRequest, outcome: str, reason: str) -> None:
         req.outcome, req.reason = outcome, reason
         req.finish_s = self.loop.now
+        self._settle(req)
+
+    def _settle(self, req: SimRequest) -> None:
+        """A request has ended: its admission slot frees, its record is written."""
+        if req.admitted:
+            self.admission.release(req.trace.qos_class)
+            req.admitted = False
         self._record(req)
         self._outstanding -= 1
         self._check_done()
@@ -347,42 +352,61 @@ class SimCluster:
 
     # -- the reconcile loop -----------------------------------------------------------------------------
     def _control(self) -> None:
+        """Observe ▸ `plan_round` ▸ act, as `controller.reconcile` does on a live cluster."""
         now = self.loop.now
+        observation = self.observe(now)
+        result = plan_round(observation, self.memory, self.settings)
+        self.memory = result.memory
+        self.rounds.append(result)
+        self._act(result)
+        self._compact()
+        if not self._done:
+            self.loop.after(self.options.control_interval_s, Kind.CONTROL, self._control)
+
+    def observe(self, now: float) -> Observation:
+        """What the live controller would see: heartbeats over the last interval, the request
+        records of the window, replicas per pool@site, each site's power now."""
         interval = max(now - self._last_control, 1e-9)
         self._last_control = now
         window = self.autoscaler_config.request_window_s
         while self.records and self.records[0].timestamp_s <= now - window:
             self.records.popleft()
         self._expire_backlog(now)
-        heartbeats = []
+        heartbeats = [self._heartbeat(pool, r, interval, now)
+                      for site in self.sites.values() for pool, replicas in site.replicas.items()
+                      for r in replicas if r.alive and r.ready]
+        current = {pool_key(p, s.name): self._count(s, p) for s in self.sites.values() for p in self.pools}
+        snapshot = TelemetrySnapshot(tuple(heartbeats), tuple(self.records), taken_at_s=now)
+        return Observation(now_s=now, snapshot=snapshot, current=current,
+                           power_w={name: s.power_fn(now) for name, s in self.sites.items()})
+
+    def _act(self, result: RoundResult) -> None:
+        now = self.loop.now
+        for target in result.plan.targets:
+            if target.desired != target.current:
+                self._resize(target.pool, self.sites[target.site], target.desired)
+        for d in result.decisions:
+            self.decisions.append({"t": now, "kind": d.kind, "target": d.target, "from": d.before, "to": d.after,
+                                   "reason": d.reason})
+        if result.routing is not None:
+            self.shares = result.routing.shares
         for site in self.sites.values():
-            for pool, replicas in site.replicas.items():
-                for r in replicas:
-                    if not (r.alive and r.ready):
-                        continue
-                    heartbeats.append(self._heartbeat(pool, r, interval, now))
-        if self.options.autoscale or self.options.power_aware:
-            current = {pool_key(p, s.name): self._count(s, p) for s in self.sites.values() for p in self.pools}
-            if self.options.autoscale:
-                snapshot = TelemetrySnapshot(tuple(heartbeats), tuple(self.records), taken_at_s=now)
-                plan = autoscale_plan(snapshot, self.autoscaler_config, current, now, self.last_change)
-            else:
-                plan = Plan(tuple(PoolTarget(p, s, n, n, "fixed size") for (p, s), n in
-                                  ((k.split("@"), n) for k, n in current.items())), now)
-            if self.options.power_aware:
-                plan = fit_to_power(plan, self._site_inputs(), self.required_stages)
-            for target in plan.targets:
-                if target.desired != target.current:
-                    self.decisions.append({"t": now, "target": target.key, "from": target.current, "to": target.desired,
-                                           "reason": target.reason})
-                    self._resize(target.pool, self.sites[target.site], target.desired)
-                    self.last_change[target.key] = now
-            if self.options.power_aware:
-                for site in self.sites.values():
-                    self._assign_modes(site)
-        self._compact()
-        if not self._done:
-            self.loop.after(self.options.control_interval_s, Kind.CONTROL, self._control)
+            self._follow_modes(site, result.replica_modes)
+
+    def _follow_modes(self, site: SiteState, assigned: dict[str, str]) -> None:
+        """Each replica runs in the mode the round assigned it; one that has not reported yet
+        (still starting) ranks itself among those that have, as a live replica does on its
+        first heartbeat (`mode_for_replica`)."""
+        routing = self.memory.routing
+        counts = routing.modes.get(site.name) if routing is not None else None
+        if counts is None or not site.modes:
+            return
+        by_name = {m.name: m for m in site.modes}
+        alive = [(rank_id(self._pool_of(r), site.name, r.replica_id), r) for r in site.alive()]
+        reported = [rid for rid, _ in alive if rid in assigned]
+        for rid, r in alive:
+            mode = by_name[assigned[rid]] if rid in assigned else mode_for_replica(rid, reported, site.modes, counts)
+            r.power_w, r.speed = mode.power_w, mode.throughput_fraction
 
     def _heartbeat(self, pool: str, r: BaseReplica, interval: float, now: float) -> ReplicaHeartbeat:
         busy = min(1.0, r.acct.busy_s / interval)
@@ -390,17 +414,16 @@ class SimCluster:
             hb = ReplicaHeartbeat(pool, r.stage, r.site, r.replica_id, r.num_waiting, r.num_running, r.queued_prefill_tokens,
                                   r.block_manager.num_free_blocks, r.block_manager.num_blocks, r.acct.tokens / interval,
                                   busy, r.power_w, now)
+            hb = replace(hb, power_mode=self._mode_name(r))
         else:
             hb = ReplicaHeartbeat(pool, r.stage, r.site, r.replica_id, r.num_requests, int(r.busy), 0, 0, 0,
-                                  r.acct.images / interval, busy, r.power_w, now)
+                                  r.acct.images * self.options.tokens_per_image / interval, busy, r.power_w, now,
+                                  images_per_s=r.acct.images / interval, queued_images=r.queued_images)
         r.acct.busy_s = r.acct.tokens = r.acct.images = r.acct.iterations = 0
         return hb
 
     def _count(self, site: SiteState, pool: str) -> int:
         return sum(1 for r in site.replicas.get(pool, ()) if r.alive and not r.draining)
-
-    def _site_inputs(self) -> dict[str, SiteInput]:
-        return {s.name: SiteInput(s.name, s.available_w, s.modes, s.max_replicas, s.latency_s * 1e3) for s in self.sites.values()}
 
     def _resize(self, pool: str, site: SiteState, desired: int) -> None:
         active = [r for r in site.replicas.get(pool, ()) if r.alive and not r.draining]
@@ -433,31 +456,21 @@ class SimCluster:
 
     # -- power ---------------------------------------------------------------------------------------------
     def _power_tick(self) -> None:
-        """Re-read each site's power. Power-aware, the clock knob acts at once; what is still
-        overdrawn rides on the site's battery for `ride_through_s`, then goes dark. Meanwhile the
-        site router sees the site overdrawn and sends it nothing new."""
+        """Re-read each site's power. What is overdrawn rides on the site's battery for
+        `ride_through_s`, then goes dark; meanwhile the controller's next round replans (a
+        power swing triggers it at once), and the site router sees the site overdrawn and sends
+        it nothing new."""
         for site in self.sites.values():
             site.available_w = site.power_fn(self.loop.now)
-            if self.options.power_aware:
-                self._assign_modes(site)
             if site.drawn_w > site.available_w + 1e-9 and site.name not in self._cut_pending:
                 self._cut_pending.add(site.name)
                 self.loop.after(self.options.ride_through_s, Kind.POWER, self._cut, site)
-        if not self._done:
+        if not self._done and any(not isinstance(s.power, ConstantPower) for s in self.spec.sites):
             self.loop.after(self.options.power_interval_s, Kind.POWER, self._power_tick)
 
     def _cut(self, site: SiteState) -> None:
         self._cut_pending.discard(site.name)
         site.available_w = site.power_fn(self.loop.now)
-        self._enforce_power(site)
-
-    def _enforce_power_all(self) -> None:
-        for site in self.sites.values():
-            self._enforce_power(site)
-
-    def _enforce_power(self, site: SiteState) -> None:
-        if self.options.power_aware:
-            self._assign_modes(site)
         while site.drawn_w > site.available_w + 1e-9 and site.alive():
             victim = max(site.alive(), key=lambda r: (r.started_s, r.replica_id))  # newest goes dark first
             self.power_cuts += 1
@@ -465,71 +478,9 @@ class SimCluster:
                 if req.outcome is None:
                     self._fail(req, "failed", f"power cut at {site.name}")
 
-    def _assign_modes(self, site: SiteState) -> None:
-        """Power-aware: run the site's replicas in the best mode mix its power affords now (the
-        clock knob); replicas beyond it stay at the cheapest mode and the cut takes them."""
-        alive = sorted(site.alive(), key=lambda r: r.started_s)
-        if not alive:
-            return
-        counts, _, _ = best_mode_mix(SiteInput(site.name, site.available_w, site.modes, len(alive)))
-        modes = [m for m in sorted(site.modes, key=lambda m: -m.throughput_fraction) for _ in range(counts[m.name])]
-        cheapest = min(site.modes, key=lambda m: m.power_w)
-        for r, mode in zip(alive, modes + [cheapest] * (len(alive) - len(modes))):
-            r.power_w, r.speed = mode.power_w, mode.throughput_fraction
-
-    # -- the slow planner (Heron) -------------------------------------------------------------------------
-    def _heron_tick(self) -> None:
-        now = self.loop.now
-        interval = self.heron.interval_s
-        if self.heron.placement == "even":
-            for i, site in enumerate(self.sites.values()):
-                share = self.heron.budget // len(self.sites) + (i < self.heron.budget % len(self.sites))
-                self._resize(self.entry_pool, site, share)
-            if not self._done:
-                self.loop.after(interval, Kind.CONTROL, self._heron_tick)
-            return
-        forecast = {name: s.power_fn(now) for name, s in self.sites.items()}  # persistence
-        affordable = {n: sum(best_mode_mix(SiteInput(n, forecast[n], s.modes, s.max_replicas))[0].values())
-                      for n, s in self.sites.items()}
-        caps, left = {}, self.heron.budget
-        for name in sorted(self.sites, key=lambda n: (-affordable[n], self.sites[n].latency_s)):
-            caps[name] = min(affordable[name], left)
-            left -= caps[name]
-        # Each class's cost in full-clock replica-seconds per request: the analytic estimate,
-        # scaled to what the replicas' busy time says requests really took over the last
-        # interval (small batches decode less efficiently than the estimate assumes), and
-        # divided by the autoscaler's target utilisation, so planned replicas keep headroom.
-        busy = sum(r.total.busy_s * r.speed for r in self._all_replicas)
-        finished = [r for rs in self._arrived_by_class.values() for r in rs if r.outcome == "ok"]
-        estimated = sum(self._replica_seconds(r) for r in finished)
-        scale = (busy - self._busy_mark) / estimated if estimated > 0 and busy > self._busy_mark else 1.0
-        self._busy_mark = busy
-        headroom = self.autoscaler_config.scale_up_utilisation
-        demands = []
-        for c in self.spec.qos_classes:
-            recent = [r for r in self._arrived_by_class[c.name] if r.arrival_s > now - interval]
-            rate = len(recent) / interval if now > 0 else 1.0
-            cost = float(np.mean([self._replica_seconds(r) for r in recent])) * max(scale, 1.0) / headroom if recent else 1.0
-            demands.append(ClassDemand(c.name, max(rate, 1e-3), cost, weight=1.0 / (1 + c.priority)))
-        self._arrived_by_class.clear()
-        sites = [SiteInput(n, forecast[n], s.modes, caps[n], s.latency_s * 1e3) for n, s in self.sites.items()]
-        plan = plan_power(sites, demands)
-        self.shares = routing_shares(plan, sites, demands)  # as the live power planner shares traffic
-        for sp in plan.sites:
-            desired = max(sum(sp.replicas.values()), 1 if caps[sp.site] else 0) if self.heron.trim else caps[sp.site]
-            self._resize(self.entry_pool, self.sites[sp.site], desired)
-        self.decisions.append({"t": now, "target": "heron", "shares": self.shares,
-                               "replicas": {sp.site: sp.replicas for sp in plan.sites}})
-        if not self._done:
-            self.loop.after(interval, Kind.CONTROL, self._heron_tick)
-
-    def _replica_seconds(self, req: SimRequest) -> float:
-        """An analytic estimate of one request's full-clock replica-seconds: its prompt in one
-        prefill, its output at a 32-sequence decode batch."""
-        p = req.prompt_tokens
-        prefill = self.cost.batch_time(BatchShape(p, 0, p * (p + 1) / 2, 0, 1))
-        per_token = self.cost.batch_time(BatchShape(0, 32, 0, 32 * (p + 100), 32)) / 32
-        return prefill + req.trace.output_tokens * per_token
+    def _mode_name(self, r: BaseReplica) -> str:
+        site = self.sites[r.site]
+        return next((m.name for m in site.modes if m.power_w == r.power_w and m.throughput_fraction == r.speed), "")
 
     # -- metrics over time ----------------------------------------------------------------------------------
     def _sample(self) -> None:

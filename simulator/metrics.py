@@ -65,7 +65,8 @@ def cluster_report(cluster) -> dict[str, Any]:
         "replica_seconds": dict(cluster.replica_seconds),
         "energy_kwh": {k: v / 3.6e6 for k, v in cluster.energy_j.items()},
         "power_cuts": cluster.power_cuts,
-        "scaling_decisions": sum(1 for d in cluster.decisions if d.get("target") != "heron"),
+        "scaling_decisions": sum(1 for d in cluster.decisions if d["kind"] in ("scale_up", "scale_down")),
+        "routing_decisions": sum(1 for d in cluster.decisions if d["kind"] in ("reroute", "power_mode")),
         "events": cluster.loop.events_run,
         "simulated_s": cluster.loop.now,
     }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Protocol
 
 from simulator.cost_model import CostModel, shape_of
@@ -22,11 +23,24 @@ from simulator.events import EventLoop, Kind
 from simulator.request import SimRequest
 from workers.engine.block_manager import BlockManager
 from workers.engine.config import EngineConfig
+from workers.engine.postprocess import StopRule, advance
 from workers.engine.sampling import SamplingParams
 from workers.engine.scheduler import ScheduledBatch, make_scheduler
 from workers.engine.sequence import Sequence, SequenceStatus
 
-_PARAMS = SamplingParams(max_tokens=1, ignore_eos=True)  # the scheduler never reads it; lengths come from the trace
+_SIM_TOKEN = 0  # the token every simulated step samples: the simulator has no vocabulary and no text
+
+
+def _params_for(req: SimRequest) -> SamplingParams:
+    """The trace's output length as `max_tokens`, EOS ignored: the engine's own finishing rule
+    (`workers.engine.postprocess.decide`) then ends the request at the token the trace says."""
+    return _params_with_max_tokens(max(1, req.trace.output_tokens))
+
+
+@lru_cache(maxsize=4096)
+def _params_with_max_tokens(max_tokens: int) -> SamplingParams:
+    # Cached: sampling parameters are immutable, and a long trace repeats few output lengths.
+    return SamplingParams(max_tokens=max_tokens, ignore_eos=True)
 
 
 class ReplicaSink(Protocol):
@@ -144,17 +158,23 @@ class SimReplica(BaseReplica):
         if self.encodes_images and req.trace.num_images:
             self._encode_queue.append(req)
         else:
-            self._enqueue(req, Sequence(req.request_id, [0] * req.prompt_tokens, _PARAMS, self._next_index()))
+            self._enqueue(req, self._prompt_sequence(req))
         self._kick()
 
     def add_handoff(self, req: SimRequest) -> None:
         """A prefilled request whose KV has arrived (decode stage): one token to compute."""
         self.requests[req.request_id] = req
         n = req.prompt_tokens
-        seq = Sequence(req.request_id, [0] * (n + 1), _PARAMS, self._next_index(), num_prompt_tokens=n,
-                       num_computed_tokens=n, pending_kv=True)
+        seq = Sequence(req.request_id, [0] * (n + 1), _params_for(req), self._next_index(), num_prompt_tokens=n,
+                       num_computed_tokens=n, pending_kv=True, priority=req.priority, deadline_s=req.deadline_s)
         self._enqueue(req, seq)
         self._kick()
+
+    def _prompt_sequence(self, req: SimRequest) -> Sequence:
+        """The request's prompt as the engine would queue it, with its class's priority and
+        first-token deadline (the scheduler orders waiting work by them)."""
+        return Sequence(req.request_id, [0] * req.prompt_tokens, _params_for(req), self._next_index(),
+                        priority=req.priority, deadline_s=req.deadline_s)
 
     def _next_index(self) -> int:
         self._arrivals += 1
@@ -191,7 +211,7 @@ class SimReplica(BaseReplica):
             encode_s = self.cost.encode_time(images)
             for req in encoded:
                 req.stages.append("vision")
-                self._enqueue(req, Sequence(req.request_id, [0] * req.prompt_tokens, _PARAMS, self._next_index()))
+                self._enqueue(req, self._prompt_sequence(req))
         batch = self.scheduler.schedule()
         for rid in batch.preempted:
             self._recount(self._seqs[rid])
@@ -212,29 +232,22 @@ class SimReplica(BaseReplica):
             return  # killed while this batch ran
         now = self.loop.now
         self.busy = False
-        running = SequenceStatus.RUNNING
-        commit = self.block_manager.commit_full_blocks if self.engine.enable_prefix_caching else None
-        for chunk in batch.chunks:
-            seq = chunk.seq
-            if seq.status is not running:
-                continue
-            seq.num_computed_tokens += chunk.num_tokens
-            if commit is not None:
-                commit(seq)
-            if chunk.samples:
-                seq.token_ids.append(0)
-                req = self.requests[seq.request_id]
-                req.token(now)
-                if len(seq.token_ids) - seq.num_prompt_tokens >= req.trace.output_tokens or len(seq.token_ids) >= self.max_model_len:
-                    self._finish(seq, "length")
-                    self.sink.on_finished(req, now, self)
-                    continue
-                if self.stage == "prefill":
-                    self._finish(seq, "handoff")
+        # The engine's own post-processing step; only the sampled token is made up.
+        rule = StopRule(self.max_model_len, prefill_only=self.stage == "prefill")
+        sampled = {c.seq.request_id: _SIM_TOKEN for c in batch.chunks if c.samples}
+        for step in advance(batch, sampled, rule, self.block_manager):
+            req = self.requests[step.request_id]
+            req.token(now)
+            if step.finished:
+                self._finish(self._seqs[step.request_id], step.finish_reason or "handoff")
+                if step.hands_off:
                     self.sink.on_handoff(req, now, self)
-                    continue
-            if not chunk.is_decode:
-                self._recount(seq)  # a running decode's count stays 0: only prefill chunks change it
+                else:
+                    self.sink.on_finished(req, now, self)
+        running = SequenceStatus.RUNNING
+        for chunk in batch.chunks:
+            if not chunk.is_decode and chunk.seq.status is running:
+                self._recount(chunk.seq)  # a running decode's count stays 0: only prefill chunks change it
         self._kick()
 
     def _finish(self, seq: Sequence, reason: str) -> None:

@@ -3,6 +3,7 @@ every token it received, from which TTFT, TBT and end-to-end latency are read.""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from simulator.workload import TraceRequest
@@ -37,7 +38,11 @@ class SimRequest:
 
     image_tokens: int = 0
     net_s: float = 0.0  # network round trip between the client and its site
-
+    # QoS, stamped at arrival as the ingress does: the class's priority (lower first) and the
+    # deadline its TTFT SLO sets for the first token; `admitted` while it holds an admission slot.
+    priority: int = 0
+    deadline_s: float = math.inf
+    admitted: bool = False
 
     def token(self, now_s: float) -> None:
         if self.first_token_s is None:

@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import command_line, machine_info, write_json
+from bench.common import command_line, machine_info, write_json
 from cluster.spec import ClusterSpec
 from simulator.cluster import SimOptions
 from simulator.cost_model import GpuCostModel

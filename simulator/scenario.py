@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.spec import ClusterSpec
-from simulator.cluster import HeronPlanner, SimCluster, SimOptions
+from simulator.cluster import SimCluster, SimOptions
 from simulator.cost_model import CPU_NETWORK, CostModel, GpuCostModel, Network, load_cost_model
 from simulator.metrics import cluster_report, plot_run, summarize
 from simulator.workload import TraceRequest, WorkloadError, azure_trace, load_trace
@@ -58,7 +58,6 @@ def run_scenario(
     cost: CostModel | str,
     options: SimOptions = SimOptions(),
     *,
-    heron: HeronPlanner | None = None,
     progress: bool = False,
     measure_memory: bool = False,
     plot: Path | None = None,
@@ -70,7 +69,7 @@ def run_scenario(
     if measure_memory:
         tracemalloc.start()
     started = time.perf_counter()
-    sim = SimCluster(spec, cost, network_for(cost), options, heron=heron)
+    sim = SimCluster(spec, cost, network_for(cost), options)
     end = (trace[-1].arrival_s if trace else 0.0) + drain_s
     if progress:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

@@ -227,16 +227,21 @@ class VisionReplica:
         self.site = site
         self._lock = asyncio.Lock()
         self._busy: list[tuple[float, float, int]] = []  # (end, seconds, images) over the last 10 s
+        self._queued_images = 0  # waiting for the encoder or being encoded: demand, not throughput
         self.held = HeldRefs()
         self.heartbeat = _start_heartbeat(telemetry, pool, self.stage, site, self.record_routing_stats)
 
     async def encode(self, images: list[bytes]) -> list[Any]:
         """One ObjectRef of embeddings per image, in order; a bad image raises `ValueError`
         naming it. (Refs nested in a returned list reach the caller unresolved.)"""
-        async with self._lock:  # one forward pass at a time; requests queue here
-            started = time.monotonic()
-            embeds = await asyncio.get_running_loop().run_in_executor(None, self.encoder.encode, images)
-            ended = time.monotonic()
+        self._queued_images += len(images)
+        try:
+            async with self._lock:  # one forward pass at a time; requests queue here
+                started = time.monotonic()
+                embeds = await asyncio.get_running_loop().run_in_executor(None, self.encoder.encode, images)
+                ended = time.monotonic()
+        finally:
+            self._queued_images -= len(images)
         self._busy.append((ended, ended - started, len(images)))
         return [self.held.hold(ray.put(e)) for e in embeds]
 
@@ -254,4 +259,6 @@ class VisionReplica:
             "site": self.site,
             "busy_fraction": min(1.0, sum(b[1] for b in self._busy) / 10.0),
             "tokens_per_s": sum(b[2] for b in self._busy) * self.encoder.num_image_tokens / 10.0,
+            "images_per_s": sum(b[2] for b in self._busy) / 10.0,
+            "queued_images": self._queued_images,
         }

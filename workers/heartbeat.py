@@ -5,7 +5,7 @@ Publishing never touches the request path: it reads the engine's counters and qu
 that a background task writes; when Redis is away the record is dropped and counted.
 
 The same loop enacts the power planner's modes: every few beats it reads the routing plan and
-the live replicas of its site, takes the mode at its rank (`autoscaler.power_planner.
+the live replicas of its site, takes the mode at its rank (`cluster.power_modes.
 mode_for_replica`), tells the engine (`on_mode`), and reports its power in that mode.
 """
 
@@ -18,9 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from autoscaler.power_planner import mode_for_replica
-from autoscaler.site_planner import Mode
-from cluster.records import ReplicaHeartbeat
+from cluster.power_modes import Mode, mode_for_replica
+from cluster.records import ReplicaHeartbeat, rank_id
 from cluster.telemetry import TelemetryPublisher, TelemetryStore
 
 log = logging.getLogger(__name__)
@@ -74,6 +73,8 @@ class Heartbeat:
             power_w=estimated_power_w(float(s.get("busy_fraction", 0.0)), self.mode.power_w if self.mode else self.settings.replica_power_w),
             timestamp_s=time.time(),
             power_mode=self.mode.name if self.mode else "",
+            images_per_s=float(s.get("images_per_s", 0.0)),
+            queued_images=int(s.get("queued_images", 0)),
         )
 
     def start(self) -> None:
@@ -103,8 +104,11 @@ class Heartbeat:
             live = await self.store.live_heartbeat_keys(self.identity["site"])
         except ConnectionError:
             return self.mode
-        me = self.store.replica_key(self.identity["pool"], self.identity["site"], self.identity["replica_id"])
-        mode = mode_for_replica(me, live, self.modes, routing.modes[self.identity["site"]])
+        # Ranked by heartbeat key less the store's prefix: the same names the controller's round
+        # (`autoscaler.round`) and the simulator rank by.
+        me = rank_id(self.identity["pool"], self.identity["site"], self.identity["replica_id"])
+        live_ids = [k.removeprefix(self.store.prefix + "hb:") for k in live]
+        mode = mode_for_replica(me, live_ids, self.modes, routing.modes[self.identity["site"]])
         if mode != self.mode:
             log.info("power mode %s -> %s (%.0f W, %.0f%% throughput)", self.mode and self.mode.name, mode.name, mode.power_w, 100 * mode.throughput_fraction)
             self.mode = mode

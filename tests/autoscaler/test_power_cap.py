@@ -1,6 +1,7 @@
 from cluster.records import Plan, PoolTarget
 from autoscaler.power_cap import affordable_replicas, fit_to_power
-from autoscaler.site_planner import Mode, SiteInput
+from autoscaler.site_planner import SiteInput
+from cluster.power_modes import Mode
 
 FULL = Mode("full", 300.0, 1.0)
 REQUIRED = frozenset({"prefill", "decode"})

@@ -11,13 +11,13 @@ from autoscaler.power_planner import (
     PlannerSettings,
     class_demands,
     forecast,
-    mode_for_replica,
     needs_replan,
     plan_routing,
     planning_power,
     routing_decisions,
 )
-from autoscaler.site_planner import ClassDemand, Mode, SiteInput
+from autoscaler.site_planner import ClassDemand, SiteInput
+from cluster.power_modes import Mode, mode_for_replica
 from cluster.records import RequestRecord
 
 FULL = Mode("full", 300.0, 1.0)

@@ -6,7 +6,8 @@ import itertools
 
 import pytest
 
-from autoscaler.site_planner import ClassDemand, Mode, SiteInput, best_mode_mix, plan_power
+from autoscaler.site_planner import ClassDemand, SiteInput, best_mode_mix, plan_power
+from cluster.power_modes import Mode
 
 FULL = Mode("full", power_w=400.0, throughput_fraction=1.0)
 CAPPED = Mode("capped", power_w=250.0, throughput_fraction=0.7)

@@ -43,6 +43,11 @@ def traffic(now: float, n: int) -> list[RequestRecord]:
     ]
 
 
+async def round_at(reconciler: Reconciler, store: TelemetryStore, now: float):
+    """Plan one round on what Redis holds (no pools running: power planning needs none)."""
+    return reconciler.plan(reconciler.observation(await store.snapshot(), {}, now))
+
+
 async def test_power_drop_replans_at_once_and_a_restarted_controller_keeps_the_plan(spec):
     store = TelemetryStore.from_spec(spec)
     now = time.time()
@@ -50,33 +55,35 @@ async def test_power_drop_replans_at_once_and_a_restarted_controller_keeps_the_p
     await store.write_batch(traffic(now, 60))
     reconciler = Reconciler(spec, planner={"interval_s": 60.0})
 
-    records = await reconciler.plan_sites(await store.snapshot(), now)
-    first = records[0]
-    assert await store.read_routing() is None  # planning writes nothing; `act` does
-    assert sum(first.shares["interactive"].values()) == pytest.approx(1.0)
-    assert first.modes["a"] == {"full": 4, "capped": 0}
-    assert await reconciler.plan_sites(await store.snapshot(), now + 5) == []  # nothing changed, interval not up
+    first = await round_at(reconciler, store, now)
+    assert first.replanned == "no plan yet"
+    assert await store.read_routing() is None  # planning writes nothing; acting does
+    assert sum(first.routing.shares["interactive"].values()) == pytest.approx(1.0)
+    assert first.routing.modes["a"] == {"full": 4, "capped": 0}
+    assert await reconciler.act(reconciler.observation(await store.snapshot(), {}, now), first)
+    reconciler.memory = first.memory
+    again = await round_at(reconciler, store, now + 5)
+    assert again.replanned is None and again.routing == first.routing  # nothing changed, interval not up
+    reconciler.memory = again.memory
 
     # Site a's wind drops: replan now, not at the end of the interval; its traffic moves to b.
     await meter(store, now + 10, a=0.0, b=1200.0)
-    records = await reconciler.plan_sites(await store.snapshot(), now + 10)
-    routing, decisions = records[0], records[1:]
+    observation = reconciler.observation(await store.snapshot(), {}, now + 10)
+    dropped = reconciler.plan(observation)
+    routing = dropped.routing
+    assert "power fell to 0 W" in dropped.replanned
     assert routing.shares["interactive"]["a"] == 0.0 and routing.shares["interactive"]["b"] == 1.0
-    reroutes = {d.target: d for d in decisions if d.kind == "reroute"}
+    reroutes = {d.target: d for d in dropped.decisions if d.kind == "reroute"}
     assert "power fell to 0 W" in reroutes["interactive@a"].reason
     assert reroutes["interactive@b"].after == 100
-    await reconciler.act(reconciler.last_plan or _empty_plan(now), routing=records)
+    assert await reconciler.act(observation, dropped)
     assert (await store.read_routing()).shares == routing.shares
     assert {d.target for d in await store.recent_decisions() if d.kind == "reroute"} >= {"interactive@a", "interactive@b"}
 
     # A new controller (the actor restarted) reads the plan back and does not re-decide it.
     restarted = Reconciler(spec, planner={"interval_s": 60.0})
-    assert await restarted.plan_sites(await store.snapshot(), now + 12) == []
-    assert restarted.routing.shares == routing.shares
+    await restarted.restore_memory()
+    kept = await round_at(restarted, store, now + 12)
+    assert kept.replanned is None
+    assert kept.routing.shares == routing.shares
     await store.close()
-
-
-def _empty_plan(now: float):
-    from cluster.records import Plan
-
-    return Plan(targets=(), timestamp_s=now)

@@ -81,13 +81,15 @@ def test_the_same_observation_twice_changes_nothing(cluster):
     reconciler = Reconciler(spec, app_name=APP)
 
     async def scenario():
-        snapshot, current = await reconciler.observe()
-        from autoscaler.policy import plan as make_plan
+        from dataclasses import replace
 
         now = time.time()
-        first = make_plan(snapshot, reconciler.config, current, now, {})
-        applied = {t.key: t.desired for t in first.targets}
-        second = make_plan(snapshot, reconciler.config, applied, now, {t.key: now for t in first.targets})
-        assert second.changes() == ()
+        observation = await reconciler.observe(now)
+        first = reconciler.plan(observation)
+        applied = replace(observation, current={t.key: t.desired for t in first.plan.targets})
+        reconciler.memory = first.memory
+        second = reconciler.plan(applied)
+        assert second.plan.changes() == ()
+        assert [d for d in second.decisions if d.kind.startswith("scale")] == []
 
     asyncio.run(scenario())

@@ -1,12 +1,12 @@
-"""Stages and the slow planner: images through the vision pool, or encoded inside a monolithic
-replica's iterations (stalling its decodes); the Heron planner's shares and placement."""
+"""Stages and the control round: images through the vision pool, or encoded inside a monolithic
+replica's iterations (stalling its decodes); the round's routing plan and fit under power."""
 
 from __future__ import annotations
 
 import pytest
 
 from cluster.spec import ClusterSpec
-from simulator.cluster import HeronPlanner, SimCluster, SimOptions
+from simulator.cluster import SimCluster, SimOptions
 from simulator.cost_model import LinearCostModel, Network
 from simulator.scenario import check_no_leaks
 from simulator.workload import TraceRequest, poisson_arrivals, synthetic
@@ -37,9 +37,9 @@ def test_monolithic_replica_encodes_inside_its_iterations_and_stalls_decodes():
     assert not check_no_leaks(sim)
 
 
-def test_heron_planner_places_the_budget_where_power_is(tmp_path):
+def test_the_control_round_sends_work_where_the_power_is_and_darkens_a_site_without(tmp_path):
     csv = tmp_path / "wind.csv"
-    csv.write_text("date,wp1,wp2\n" + "".join(f"20100101{h:02d},0.9,0.1\n" for h in range(24)))
+    csv.write_text("date,wp1,wp2\n" + "".join(f"20100101{h:02d},0.9,0.0\n" for h in range(24)))
     power = lambda col: {"kind": "trace", "path": str(csv), "column": col, "scale_w": 4000, "speed": 60}  # noqa: E731
     modes = [{"name": "full", "power_w": 400}]
     spec = ClusterSpec.parse({
@@ -48,11 +48,14 @@ def test_heron_planner_places_the_budget_where_power_is(tmp_path):
         "sites": [{"name": "windy", "power": power("wp1"), "power_modes": modes, "max_replicas": 8},
                   {"name": "calm", "power": power("wp2"), "power_modes": modes, "max_replicas": 8}],
     })
-    sim = SimCluster(spec, COST, NET, SimOptions(autoscale=False, cold_start_s=1.0), heron=HeronPlanner(4, 10.0))
+    sim = SimCluster(spec, COST, NET, SimOptions(cold_start_s=1.0, control_interval_s=1.0))
     trace = synthetic(poisson_arrivals(20.0, 30.0, seed=0), (50, 10), seed=0)
     requests = sim.run(trace)
-    plans = [d for d in sim.decisions if d["target"] == "heron"]
-    assert plans and all(sum(p["shares"]["interactive"].values()) == pytest.approx(1.0) for p in plans)
-    later = [r for r in requests if r.arrival_s > 12.0]
-    assert later and all(r.site == "windy" for r in later)  # calm's 400 W affords one replica; windy takes the work
+    first = sim.rounds[0]
+    assert first.replanned == "no plan yet"
+    assert first.routing.shares["interactive"] == {"windy": 1.0, "calm": 0.0}
+    assert first.plan.target("colocated@calm").desired == 0  # no power: the site goes dark
+    assert "power cap" in first.plan.target("colocated@calm").reason
+    assert all(r.site == "windy" for r in requests)
     assert all(r.outcome == "ok" for r in requests)
+    assert any(d["kind"] == "scale_up" and d["target"] == "colocated@windy" for d in sim.decisions)

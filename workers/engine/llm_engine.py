@@ -21,6 +21,15 @@ from workers.engine.config import EngineConfig
 from workers.engine.loader import load_llama
 from workers.engine.model_runner import ModelRunner
 from workers.engine.outputs import KVHandoff, RequestOutput
+from workers.engine.postprocess import (
+    SampledToken,
+    StopRule,
+    advance,
+    cut_at_stop_string,
+    stop_hold_back,
+    stops_on_token,
+    visible_text,
+)
 from workers.engine.sampling import SamplingParams
 from workers.engine.scheduler import ScheduledBatch, make_scheduler
 from workers.engine.sequence import MultimodalSpan, Sequence
@@ -65,6 +74,7 @@ class LLMEngine:
         self.eos_token_ids = frozenset(self.model_config.eos_token_ids) | (
             self.tokenizer.eos_token_ids if self.tokenizer else frozenset()
         )
+        self.stop_rule = StopRule(self.max_model_len, self.eos_token_ids, prefill_only=self.config.mode == "prefill")
 
     @staticmethod
     def _load_tokenizer(path: Path):
@@ -163,8 +173,7 @@ class LLMEngine:
             from workers.engine.tokenizer import IncrementalDetokenizer
 
             detok = IncrementalDetokenizer(self.tokenizer)
-        hold_back = max((len(s) for s in seq.params.stop), default=1) - 1
-        request = _Request(seq, detok, hold_back=hold_back)
+        request = _Request(seq, detok, hold_back=stop_hold_back(seq.params.stop))
         if seq.num_output_tokens:
             # A hand-off: its first token was reported by the prefill engine. Feed it to the
             # detokenizer so that text and stop strings continue seamlessly.
@@ -196,62 +205,50 @@ class LLMEngine:
         return self._postprocess(batch, sampled)
 
     def _postprocess(self, batch: ScheduledBatch, sampled: dict[str, int]) -> list[RequestOutput]:
-        outputs: list[RequestOutput] = []
-        for chunk in batch.chunks:
-            seq = chunk.seq
-            seq.num_computed_tokens += chunk.num_tokens
-            self.block_manager.commit_full_blocks(seq)
-            token = sampled.get(seq.request_id)
-            if token is None:
-                continue
-            seq.token_ids.append(token)
-            outputs.append(self._emit(self._requests[seq.request_id], token))
-        return outputs
+        # Text first: whether a stop string ends a sequence is part of the finishing rule, and a
+        # sequence's text depends on nothing but its own tokens.
+        cut = {rid for rid, token in sampled.items() if self._take_text(self._requests[rid], token)}
+        steps = advance(batch, sampled, self.stop_rule, self.block_manager, stopped_by_text=cut)
+        return [self._emit(self._requests[step.request_id], step, step.request_id in cut) for step in steps]
 
-    def _emit(self, request: _Request, token: int) -> RequestOutput:
+    def _take_text(self, request: _Request, token: int) -> bool:
+        """Add the token's text; true when a stop string now ends the sequence (text cut there)."""
+        params = request.seq.params
+        if stops_on_token(token, params, self.eos_token_ids):
+            return False  # a stop token's own text is never shown
+        self._detokenize(request, [token])
+        text = cut_at_stop_string(request.text, request.emitted_chars, params.stop)
+        if text is None:
+            return False
+        request.text = text
+        return True
+
+    def _emit(self, request: _Request, step: SampledToken, stopped_by_text: bool) -> RequestOutput:
         seq = request.seq
-        params = seq.params
-        reason = None
-        if token in params.stop_token_ids or (token in self.eos_token_ids and not params.ignore_eos):
-            reason = "stop"
-        self._detokenize(request, [] if reason else [token])
-        cut_at_stop_string = False
-        if reason is None and params.stop:
-            from workers.engine.tokenizer import find_stop
-
-            cut = find_stop(request.text, params.stop, request.emitted_chars)
-            if cut is not None:
-                request.text = request.text[:cut]
-                reason, cut_at_stop_string = "stop", True
-        if reason is None and (seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len):
-            reason = "length"
-        if reason is not None and request.detokenizer is not None and not cut_at_stop_string:
+        reason = step.finish_reason
+        if reason is not None and request.detokenizer is not None and not stopped_by_text:
             request.text += request.detokenizer.flush()  # text held back for a partial character
-
-        hand_off = reason is None and self.config.mode == "prefill"
-        visible = len(request.text) if reason is not None else max(request.emitted_chars, len(request.text) - request.hold_back)
-        new_text = request.text[request.emitted_chars : visible]
+        new_text, visible = visible_text(request.text, request.emitted_chars, request.hold_back, final=reason is not None)
         request.emitted_chars = visible
         handoff = None
-        if hand_off:
+        if step.hands_off:
             handoff = KVHandoff(
                 seq.request_id,
                 list(seq.token_ids),
                 seq.num_prompt_tokens,
                 self.runner.export_kv(seq),
-                params,
+                seq.params,
                 tuple((s.offset, s.length, s.content_hash) for s in seq.mm_spans),
                 num_text_chars_emitted=visible,
             )
-        finished = reason is not None or hand_off
-        if finished:
+        if step.finished:
             self.scheduler.finish(seq, reason or "handoff")
             del self._requests[seq.request_id]
         return RequestOutput(
             request_id=seq.request_id,
-            new_token_ids=[token],
+            new_token_ids=[step.token],
             new_text=new_text,
-            finished=finished,
+            finished=step.finished,
             finish_reason=reason,
             num_prompt_tokens=seq.num_prompt_tokens,
             num_output_tokens=seq.num_output_tokens,
