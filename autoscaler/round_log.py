@@ -1,7 +1,7 @@
 """Control rounds as JSON lines: what a round observed, the memory it started from and what it
 decided, one line a round. The reconcile loop writes them when asked (`pavana up --record`),
 for debugging and so that a round recorded on a live cluster can be replayed through the
-simulator's control path and compared field for field (tests/simulator/test_replay.py).
+simulator's control path and compared field for field (tests/controller/test_reconcile.py).
 
 JSON, never pickles; infinities (a latency budget without a limit, the age of a snapshot that
 never was) are written as `Infinity`, which Python's JSON reader takes back.

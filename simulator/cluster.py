@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from autoscaler.round import Observation, RoundMemory, RoundResult, plan_round, settings_from_spec
+from autoscaler.round import Observation, RoundResult, settings_from_spec
 from cluster.power_modes import Mode, full_mode, mode_for_replica
 from cluster.power_trace import PowerTrace, power_at
 from cluster.records import ReplicaHeartbeat, RequestRecord, TelemetrySnapshot, pool_key, rank_id
@@ -36,6 +36,7 @@ from cluster.spec import ClusterSpec, ConstantPower, TracePower
 from router.admission import AdmissionControl, Overloaded
 from router.replica_choice import ReplicaLoad, rank_for_decode, rank_for_prefill
 from router.site_router import SitePower, choose_site
+from simulator.control import SimController
 from simulator.cost_model import CostModel, Network
 from simulator.events import EventLoop, Kind
 from simulator.replica import BaseReplica, SimReplica, VisionReplica
@@ -106,11 +107,9 @@ class SimCluster:
         # The cost model's own costs are the profiled defaults a cold start plans with; once
         # replicas have worked, the round measures them from heartbeats as it does live.
         autoscaler = {"encode_s_per_image": cost.encode_time(1), **options.autoscaler_overrides}
-        self.settings = settings_from_spec(spec, autoscaler=autoscaler, planner=options.planner_overrides,
-                                           autoscale=options.autoscale, power_aware=options.power_aware)
-        self.autoscaler_config = self.settings.autoscaler
-        self.memory = RoundMemory()
-        self.rounds: list[RoundResult] = []
+        self.controller = SimController(settings_from_spec(spec, autoscaler=autoscaler, planner=options.planner_overrides,
+                                                           autoscale=options.autoscale, power_aware=options.power_aware))
+        self.autoscaler_config = self.controller.settings.autoscaler
         self.admission = AdmissionControl.from_spec(spec)
         self.classes = {c.name: c for c in spec.qos_classes}
         self.shares: dict[str, dict[str, float]] = {c.name: {s: 1.0 for s in self.sites} for c in spec.qos_classes}
@@ -354,11 +353,7 @@ class SimCluster:
     def _control(self) -> None:
         """Observe ▸ `plan_round` ▸ act, as `controller.reconcile` does on a live cluster."""
         now = self.loop.now
-        observation = self.observe(now)
-        result = plan_round(observation, self.memory, self.settings)
-        self.memory = result.memory
-        self.rounds.append(result)
-        self._act(result)
+        self._act(self.controller.round(self.observe(now)))
         self._compact()
         if not self._done:
             self.loop.after(self.options.control_interval_s, Kind.CONTROL, self._control)
@@ -397,7 +392,7 @@ class SimCluster:
         """Each replica runs in the mode the round assigned it; one that has not reported yet
         (still starting) ranks itself among those that have, as a live replica does on its
         first heartbeat (`mode_for_replica`)."""
-        routing = self.memory.routing
+        routing = self.controller.memory.routing
         counts = routing.modes.get(site.name) if routing is not None else None
         if counts is None or not site.modes:
             return
@@ -498,6 +493,10 @@ class SimCluster:
         self.samples.append(row)
         if not self._done:
             self.loop.after(self.options.sample_interval_s, Kind.SAMPLE, self._sample)
+
+    @property
+    def rounds(self) -> list[RoundResult]:
+        return self.controller.results
 
     def all_replicas(self) -> list[BaseReplica]:
         return list(self._all_replicas)

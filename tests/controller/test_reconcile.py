@@ -93,3 +93,52 @@ def test_the_same_observation_twice_changes_nothing(cluster):
         assert [d for d in second.decisions if d.kind.startswith("scale")] == []
 
     asyncio.run(scenario())
+
+
+MODES = [{"name": "full", "power_w": 300.0}, {"name": "capped", "power_w": 180.0, "throughput_fraction": 0.7}]
+
+
+def test_rounds_recorded_live_replay_through_the_simulator_with_the_same_results(cluster, tmp_path):
+    """The simulator's controller, fed the observations a live reconcile loop recorded, decides
+    exactly what the live loop decided: targets, routing plans, modes, decisions, memory."""
+    from autoscaler.round import settings_from_spec
+    from autoscaler.round_log import read_rounds
+    from cluster.records import RequestRecord, SitePower
+    from simulator.control import replay
+
+    data = cluster.model_dump(mode="json")
+    data["sites"] = [{"name": "local", "power": {"kind": "redis"}, "power_modes": MODES, "max_replicas": 4}]
+    spec = ClusterSpec.parse(data)
+    overrides = {"autoscaler": {"cooldown_s": 0.0}, "planner": {"interval_s": 600.0}}
+    log = tmp_path / "rounds.jsonl"
+    reconciler = Reconciler(spec, app_name=APP, record_path=log, **overrides)
+
+    async def scenario():
+        store = reconciler.store
+        now = time.time()
+        traffic = [RequestRecord(f"r{i}", "interactive", "local", "prefill>decode", 0.3, 0.02, 0.05, 300, 100, "ok", now - i * 0.2)
+                   for i in range(40)]
+        await store.write_batch([SitePower("local", 1200.0, now, "meter"), *traffic])
+        await reconciler.reconcile_once(now)  # the first plan
+        await store.write_batch([load(spec, 80_000)])
+        await reconciler.reconcile_once(now + 1)  # prefill grows
+        await store.write_batch([SitePower("local", 400.0, now + 2, "meter")])
+        await reconciler.reconcile_once(now + 2)  # power falls: replan, capped modes, fit under 400 W
+
+    asyncio.run(scenario())
+    recorded = list(read_rounds(log))
+    assert len(recorded) == 3
+    assert "max_replicas" in recorded[1].result.plan.target("prefill@local").reason  # the load asks for more than 2
+    capped = [d for d in recorded[2].result.decisions if d.kind == "scale_down"]
+    assert capped and all("power cap: 400 W affords 2 replicas" in d.reason for d in capped)
+    assert [d.kind for d in recorded[2].result.decisions if d.kind == "power_mode"] == ["power_mode"]
+    # The first round starts from what the earlier tests' loops left in Redis (a plan for the
+    # default site's unbounded power), which the recorded memory carries into the replay.
+    assert recorded[0].memory.routing is not None and recorded[0].result.replanned is not None
+    assert "power fell to 400 W" in recorded[2].result.replanned
+    assert recorded[2].result.routing.modes["local"] == {"full": 0, "capped": 2}
+
+    replayed = replay(settings_from_spec(spec, **overrides), [r.observation for r in recorded], recorded[0].memory)
+    for live, sim in zip(recorded, replayed):
+        assert sim == live.result
+    assert replayed[-1] == reconciler.last_result  # and the live loop's own objects, not only their JSON
