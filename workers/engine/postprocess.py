@@ -35,7 +35,10 @@ class StopRule:
     prefill_only: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, unlike the house's other records: one is made per generated token, also in the
+# simulator's inner loop, and a frozen dataclass's __init__ costs three times as much (a
+# 3,500-request simulation ran 10% slower). Nothing changes one after it is made.
+@dataclass(slots=True)
 class SampledToken:
     """What one sampled token did to its sequence (named by id, as the scheduler's batch is).
 
@@ -67,10 +70,11 @@ def decide(seq: Sequence, token: int, rule: StopRule, *, stopped_by_text: bool =
     `cut_at_stop_string`); it outranks "length" because the text the client sees ends there.
     """
     params = seq.params
+    num_tokens = len(seq.token_ids)  # not the properties: the simulator runs this once a token
     reason = None
     if stopped_by_text or stops_on_token(token, params, rule.eos_token_ids):
         reason = "stop"
-    elif seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= rule.max_model_len:
+    elif num_tokens - seq.num_prompt_tokens >= params.max_tokens or num_tokens >= rule.max_model_len:
         reason = "length"
     return SampledToken(seq.request_id, token, reason, reason is None and rule.prefill_only)
 
@@ -94,12 +98,15 @@ def advance(
     """
     results: list[SampledToken] = []
     running = SequenceStatus.RUNNING
+    # Committing is a no-op without prefix caching; skipping the call matters to the simulator.
+    commit = block_manager.commit_full_blocks if block_manager.enable_prefix_caching else None
     for chunk in batch.chunks:
         seq = chunk.seq
         if seq.status is not running:
             continue
         seq.num_computed_tokens += chunk.num_tokens
-        block_manager.commit_full_blocks(seq)
+        if commit is not None:
+            commit(seq)
         token = sampled.get(seq.request_id)
         if token is None:
             continue
