@@ -71,6 +71,10 @@ class AutoscalerConfig:
     encode_s_per_image: float = 0.05
     prefill_tokens_per_s: float = 2_000.0
     min_busy_for_measurement: float = 0.05  # below this, tokens/busy-second is too noisy to use
+    # Under a site's cap, a running replica is worth this share of a replica of unmet need more
+    # than a cold one: a replica started now serves nothing for its cold start (ModServe's GPUs
+    # are scarce; trading a warm replica for a cold one must be worth it).
+    warm_replica_bonus: float = 0.3
 
     def __post_init__(self) -> None:
         if not 0 < self.scale_down_utilisation < self.scale_up_utilisation <= 1:

@@ -69,12 +69,10 @@ def _size(
     now_s: float,
     since_change_s: float,
 ) -> tuple[int, str]:
-    heartbeats = [h for h in snapshot.heartbeats_of(name, site) if now_s - h.timestamp_s <= config.max_heartbeat_age_s]
-    recent = recent_requests(snapshot.requests, site, pool.stage, now_s, config.request_window_s)
+    load, heartbeats, recent = pool_load(name, site, pool, snapshot, config, now_s)
     if replicas > 0 and not heartbeats and pool.stage in _USES_HEARTBEATS:
         return _bounded(replicas, pool, f"hold at {replicas}: no fresh heartbeats from its replicas")
 
-    load = _load(pool, heartbeats, recent, config)
     up, down = config.scale_up_utilisation, config.scale_down_utilisation
     needed = math.ceil(load.replicas / up - 1e-9)
     utilisation = load.replicas / replicas if replicas else math.inf if load.replicas > 0 else 0.0
@@ -105,9 +103,28 @@ def _size(
     return _bounded(replicas - 1, pool, f"scale down {replicas} → {replicas - 1}: {about} < {down:.0%}")
 
 
+def pool_load(
+    name: str, site: str, pool: PoolConfig, snapshot: TelemetrySnapshot, config: AutoscalerConfig, now_s: float
+) -> tuple[Load, list, list]:
+    """A pool@site's load from its fresh heartbeats and the site's recent requests through its stage."""
+    heartbeats = [h for h in snapshot.heartbeats_of(name, site) if now_s - h.timestamp_s <= config.max_heartbeat_age_s]
+    recent = recent_requests(snapshot.requests, site, pool.stage, now_s, config.request_window_s)
+    return _load(pool, heartbeats, recent, config), heartbeats, recent
+
+
+def needs(snapshot: TelemetrySnapshot, config: AutoscalerConfig, now_s: float) -> dict[str, float]:
+    """Replicas each pool@site's load needs at the upper utilisation threshold: what the joint
+    allocation under a site's caps (`power_cap.fit_to_power`) weighs replicas by."""
+    return {
+        pool_key(name, site): pool_load(name, site, pool, snapshot, config, now_s)[0].replicas / config.scale_up_utilisation
+        for site in config.sites
+        for name, pool in config.pools.items()
+    }
+
+
 def _load(pool: PoolConfig, heartbeats, recent, config: AutoscalerConfig) -> Load:
     if pool.stage == "vision":
-        return vision_load(recent, config)
+        return vision_load(heartbeats, recent, pool, config)
     if pool.stage == "prefill":
         return prefill_load(heartbeats, recent, pool, config)
     if pool.stage == "decode":

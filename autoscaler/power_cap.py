@@ -1,10 +1,18 @@
-"""Fitting each site's pools under the power it has now (Heron's fast reaction to a wind drop).
+"""Fitting each site's pools under its caps: the replicas its power affords now (Heron's fast
+reaction to a wind drop) and its installed GPUs (`max_replicas`).
 
-The stage autoscaler sizes pools for demand; this caps the result by power: a site may run no
-more replicas than its best mode mix affords (`site_planner.best_mode_mix`). When a site is
-over, the largest pool gives up a replica first, and when a stage the topology needs (prefill
-and decode, or colocated) would reach zero, the whole site goes dark: half a pipeline serves
-nothing and still draws power. Power outranks a pool's minimum, and the reason says so.
+The stage autoscaler sizes each pool for its own demand; when a site cannot run them all,
+the replicas it can run are *allocated jointly* across its pools by water-filling: every
+candidate replica (pool p's k-th) is worth the share of a replica of p's unmet need it would
+cover, `min(1, need_p − k)`, plus a bonus while it is already running (a replica started now
+serves nothing until its cold start is over), and the site keeps the most valuable ones. So
+the stage with the most unmet work per replica gets the scarce GPUs, a warm replica is not
+traded for a cold one for a small gain, and the next round, seeing the same loads, makes the
+same choice instead of undoing it (ModServe: stages compete for one cluster's GPUs).
+
+The first replica of every stage the topology needs outranks everything else: half a
+pipeline serves nothing. When even those do not fit, the whole site goes dark (it would still
+draw power). Power outranks a pool's minimum, and the reason says so.
 
 Pure: plans and numbers in, a plan out.
 """
@@ -15,10 +23,13 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from autoscaler.site_planner import SiteInput, best_mode_mix
-from cluster.records import Plan, PoolTarget
+from cluster.records import Plan
 
-# Shed order among equally large pools: what a request needs last goes first.
-_SHED_ORDER = {"vision": 0, "prefill": 1, "decode": 2, "colocated": 3}
+# Ties (equal worth) go to the stage a request needs last: decode before prefill before vision.
+_KEEP_ORDER = {"decode": 0, "colocated": 0, "prefill": 1, "vision": 2}
+# Worth of a replica the policy asks for beyond the measured need (hysteresis, a reactive step,
+# min_replicas): small, but more than nothing.
+_BEYOND_NEED = 0.01
 
 
 def affordable_replicas(site: SiteInput) -> int:
@@ -26,25 +37,40 @@ def affordable_replicas(site: SiteInput) -> int:
     return sum(counts.values())
 
 
-def fit_to_power(plan: Plan, sites: Mapping[str, SiteInput], required_stages: frozenset[str]) -> Plan:
+def fit_to_power(
+    plan: Plan,
+    sites: Mapping[str, SiteInput],
+    required_stages: frozenset[str],
+    needs: Mapping[str, float] | None = None,
+    warm_bonus: float = 0.3,
+) -> Plan:
+    """`needs` (pool@site -> replicas its measured load needs at the target utilisation) sets
+    each replica's worth; without it every replica the plan asks for is worth the same."""
     targets = list(plan.targets)
     for name, site in sites.items():
         mine = [i for i, t in enumerate(targets) if t.site == name]
         allowed = affordable_replicas(site)
-        total = sum(targets[i].desired for i in mine)
-        if total <= allowed:
+        if sum(targets[i].desired for i in mine) <= allowed:
             continue
-        sizes = {targets[i].pool: targets[i].desired for i in mine}
-        while sum(sizes.values()) > allowed:
-            pool = max(sizes, key=lambda p: (sizes[p], -_SHED_ORDER.get(p, 9)))
-            sizes[pool] -= 1
-        dark = any(sizes.get(stage, 1) == 0 for stage in required_stages if stage in sizes)
+        required = [targets[i] for i in mine if targets[i].pool in required_stages and targets[i].desired > 0]
+        dark = len(required) < len({targets[i].pool for i in mine if targets[i].pool in required_stages}) or len(required) > allowed
+        sizes = {targets[i].pool: 0 for i in mine}
+        if not dark:
+            candidates = []
+            for i in mine:
+                t = targets[i]
+                need = (needs or {}).get(t.key, float(t.desired))
+                for k in range(t.desired):
+                    essential = k == 0 and t.pool in required_stages
+                    worth = max(_BEYOND_NEED, min(1.0, need - k)) + (warm_bonus if k < t.current else 0.0)
+                    candidates.append((essential, worth, -k, -_KEEP_ORDER.get(t.pool, 9), t.pool))
+            for *_, pool in sorted(candidates, reverse=True)[:allowed]:
+                sizes[pool] += 1
         why = (
             f"power cap: {site.available_power_w:.0f} W affords {allowed} replicas at {name}"
-            + ("; a required stage would have none, so the site goes dark" if dark else "")
+            + ("; a required stage would have none, so the site goes dark" if dark else "; allocated jointly by unmet need")
         )
         for i in mine:
             t = targets[i]
-            desired = 0 if dark else sizes[t.pool]
-            targets[i] = replace(t, desired=desired, reason=f"{why} (demand asked {t.desired}: {t.reason})")
+            targets[i] = replace(t, desired=sizes[t.pool], reason=f"{why} (demand asked {t.desired}: {t.reason})")
     return replace(plan, targets=tuple(targets))

@@ -9,7 +9,9 @@ In order:
    encode one image, from the heartbeats; the settings' profiled constants only until
    telemetry has measured them (a cold start).
 2. The stage autoscaler (`policy.plan`) sizes every pool@site for its demand.
-3. `power_cap.fit_to_power` caps each site by the power it has now (Heron's fast reaction).
+3. `power_cap.fit_to_power` caps each site by the power it has now (Heron's fast reaction)
+   and its installed replicas, allocating what fits jointly across the site's pools by each
+   pool's unmet need (`policy.needs`), so stages stop taking GPUs from each other in turn.
 4. The power planner (Heron's slow timescale), when `needs_replan` says one is due (no plan
    yet, the planning interval is up, or a site's power left what the last plan assumed):
    plan on the lower of each site's power now and its forecast, measure each class's demand,
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoscaler.config import AutoscalerConfig
 from autoscaler.config import from_spec as autoscaler_config
+from autoscaler.policy import needs as pool_needs
 from autoscaler.policy import plan as size_pools
 from autoscaler.power_cap import fit_to_power
 from autoscaler.power_planner import (
@@ -150,7 +153,8 @@ def plan_round(observation: Observation, memory: RoundMemory, settings: RoundSet
     history = dict(memory.power_history)
     if settings.power_aware and not snapshot.stale:  # no action on stale data, power included
         inputs = _site_inputs(observation.power_w, settings)
-        plan = fit_to_power(plan, inputs, settings.required_stages)
+        needs = pool_needs(snapshot, config, now) if settings.autoscale else None
+        plan = fit_to_power(plan, inputs, settings.required_stages, needs, settings.autoscaler.warm_replica_bonus)
         if inputs:
             routing, why, routing_changes, history = _plan_sites(
                 snapshot, inputs, memory, settings, measured, now

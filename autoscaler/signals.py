@@ -32,13 +32,23 @@ def recent_requests(
     ]
 
 
-def vision_load(recent: Sequence[RequestRecord], config: AutoscalerConfig) -> Load:
-    """Image arrival rate × encode cost per image (ModServe §vision: images, not requests,
-    because the number of images per request is heavy-tailed)."""
+def vision_load(
+    heartbeats: Sequence[ReplicaHeartbeat], recent: Sequence[RequestRecord], pool: PoolConfig, config: AutoscalerConfig
+) -> Load:
+    """Images, not requests (ModServe: images per request are heavy-tailed), sized like prefill:
+    clear the images queued at the replicas within the TTFT SLO while keeping up with the rate
+    of images served, R ≥ Q·c/T + λ·c for c seconds per image.
+
+    The queue is demand the served rate cannot show: a saturated pool serves only its own
+    throughput, and under a burst that outlasts the request window it may have served
+    nothing yet while hundreds of images wait (the heartbeats' `queued_images`)."""
     rate = sum(r.num_images for r in recent) / config.request_window_s
+    queued = sum(h.queued_images for h in heartbeats)
+    cost = config.encode_s_per_image
     return Load(
-        rate * config.encode_s_per_image,
-        f"{rate:.2f} images/s × {config.encode_s_per_image:.3f} s to encode each",
+        queued * cost / pool.ttft_slo_s + rate * cost,
+        f"{queued} images queued within the {pool.ttft_slo_s:g} s TTFT SLO and {rate:.2f} images/s served, "
+        f"× {cost:.3f} s to encode each",
     )
 
 
@@ -73,14 +83,18 @@ def prefill_load(
 
 
 def decode_load(heartbeats: Sequence[ReplicaHeartbeat], pool: PoolConfig) -> Load:
-    """The tighter of KV occupancy and estimated TBT against the TBT SLO.
+    """The tighter of KV demand and estimated TBT against the TBT SLO.
 
     KV blocks bound how many sequences a replica can hold; TBT grows with the batch. A
     replica running B sequences at μ tokens per busy second gives each a token every B/μ s.
+    KV demand counts the hand-offs waiting for KV admission too (a decode replica's queued
+    requests), each at the blocks its running sequences hold on average: occupancy alone
+    stops at 100% while the queue of prefilled requests grows behind it.
     No arrival-rate term: decode throughput grows with batch size, so a rate measured at a
     small batch would overstate the replicas needed (Sarathi-Serve, decode is memory-bound).
     """
-    kv = sum(h.kv_occupancy for h in heartbeats)
+    kv = sum(_kv_demand(h) for h in heartbeats)
+    waiting = sum(h.queued_requests for h in heartbeats)
     tbt_sum, tbt_max = 0.0, 0.0
     for h in heartbeats:
         if h.tokens_per_s > 0 and h.busy_fraction > 0:
@@ -89,10 +103,19 @@ def decode_load(heartbeats: Sequence[ReplicaHeartbeat], pool: PoolConfig) -> Loa
     tbt_load = tbt_sum / pool.tbt_slo_s
     occupancy = kv / len(heartbeats) if heartbeats else 0.0
     detail = (
-        f"KV occupancy {occupancy:.0%}, estimated TBT up to {tbt_max * 1e3:.0f} ms against the "
-        f"{pool.tbt_slo_s * 1e3:.0f} ms TBT SLO"
+        f"KV occupancy {occupancy:.0%} with {waiting} hand-offs waiting ({kv:.2f} replicas of KV), estimated TBT "
+        f"up to {tbt_max * 1e3:.0f} ms against the {pool.tbt_slo_s * 1e3:.0f} ms TBT SLO"
     )
     return Load(max(kv, tbt_load), detail)
+
+
+def _kv_demand(h: ReplicaHeartbeat) -> float:
+    """Replicas' worth of KV this replica's running and waiting sequences need."""
+    if h.queued_requests == 0 or h.stage != "decode":
+        return h.kv_occupancy
+    if h.running_requests == 0:
+        return max(h.kv_occupancy, 1.0)  # nothing admitted though work waits: full
+    return h.kv_occupancy * (h.running_requests + h.queued_requests) / h.running_requests
 
 
 def colocated_load(

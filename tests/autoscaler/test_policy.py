@@ -98,7 +98,7 @@ def test_vision_grows_on_image_rate_alone():
     cfg = config(encode_s_per_image=0.25)  # 4 images/s × 0.25 s = 1 replica of work, 2 at 80%
     p = plan(snap(heartbeats, requests), cfg, {"vision@a": 1, "prefill@a": 1, "decode@a": 1}, NOW, LONG_AGO)
     assert p.desired == {"vision@a": 2, "prefill@a": 1, "decode@a": 1}
-    assert "4.00 images/s × 0.250 s" in p.target("vision@a").reason
+    assert "4.00 images/s served, × 0.250 s" in p.target("vision@a").reason
 
 
 def test_decode_grows_on_kv_occupancy():
@@ -260,3 +260,28 @@ def test_policy_modules_import_no_adapter_and_no_clock():
             else:
                 continue
             assert not {n.split(".")[0] for n in names} & forbidden, f"{path} imports {names}"
+
+
+def test_vision_grows_on_queued_images_while_nothing_has_completed():
+    """A burst whose latency outgrows the request window: no image request has finished yet, but
+    150 images wait at the vision replica; the pool must see that demand."""
+    from dataclasses import replace
+
+    queued = replace(hb("vision", "v0", busy=1.0), queued_images=150)
+    heartbeats = [queued, *prefill_queue(0, replicas=1), hb("decode", "d0", free=90, running=1, tokens_per_s=50, busy=0.2)]
+    p = plan(snap(heartbeats, []), config(encode_s_per_image=0.02), {"vision@a": 1, "prefill@a": 1, "decode@a": 1}, NOW, LONG_AGO)
+    # 150 images × 0.02 s within the 1 s TTFT SLO: 3 replicas of work, 4 at 80%.
+    assert p.desired["vision@a"] == 4
+    assert "150 images queued" in p.target("vision@a").reason
+
+
+def test_decode_counts_hand_offs_waiting_for_kv():
+    """A decode replica at 90% KV with as many prefilled requests waiting as running needs
+    about two replicas' worth of KV, though its occupancy alone says 0.9."""
+    from dataclasses import replace
+
+    full = replace(hb("decode", "d0", free=10, running=8, tokens_per_s=400, busy=0.5), queued_requests=8)
+    p = plan(snap([full, *prefill_queue(0, replicas=1)], []), config("prefill", "decode"),
+             {"prefill@a": 1, "decode@a": 1}, NOW, LONG_AGO)
+    assert p.desired["decode@a"] == 3  # 1.8 replicas of KV at 80% utilisation
+    assert "8 hand-offs waiting" in p.target("decode@a").reason

@@ -39,3 +39,36 @@ def test_a_site_that_cannot_run_a_whole_pipeline_goes_dark():
 def test_zero_power_means_zero_replicas():
     capped = fit_to_power(plan(prefill_a=2, decode_a=2), {"a": site("a", 0.0)}, REQUIRED)
     assert all(t.desired == 0 for t in capped.targets)
+
+
+def test_the_cap_goes_to_the_pool_with_the_most_unmet_need():
+    """Six GPUs, prefill asking 6 (needs 5.5) and decode asking 4 (needs 2.2): after one
+    replica each, whole replicas of need come before decode's 0.2 of its third."""
+    demand = plan(prefill_a=6, decode_a=4)
+    needs = {"prefill@a": 5.5, "decode@a": 2.2}
+    capped = fit_to_power(demand, {"a": SiteInput("a", 1e9, (FULL,), max_replicas=6)}, REQUIRED, needs)
+    assert {t.pool: t.desired for t in capped.targets} == {"prefill": 4, "decode": 2}
+    assert all("allocated jointly" in t.reason for t in capped.targets)
+
+
+def test_a_warm_replica_is_kept_against_a_slightly_larger_cold_need():
+    from cluster.records import PoolTarget
+
+    warm = Plan((PoolTarget("prefill", "a", 2, 3, "demand"), PoolTarget("decode", "a", 3, 3, "demand")), 0.0)
+    needs = {"prefill@a": 2.9, "decode@a": 2.8}  # prefill's third replica would be cold; decode's third is running
+    capped = fit_to_power(warm, {"a": SiteInput("a", 1e9, (FULL,), max_replicas=5)}, REQUIRED, needs)
+    assert {t.pool: t.desired for t in capped.targets} == {"prefill": 2, "decode": 3}
+
+
+def test_the_same_loads_give_the_same_allocation_next_round():
+    from cluster.records import PoolTarget
+
+    needs = {"prefill@a": 4.6, "decode@a": 3.7, "vision@a": 1.2}
+    site_a = {"a": SiteInput("a", 1e9, (FULL,), max_replicas=7)}
+    first = fit_to_power(plan(prefill_a=5, decode_a=4, vision_a=2), site_a, REQUIRED | {"vision"}, needs)
+    sizes = {t.pool: t.desired for t in first.targets}
+    assert sum(sizes.values()) == 7
+    # Next round the autoscaler asks again from the allocated sizes; nothing moves.
+    again = Plan(tuple(PoolTarget(t.pool, "a", t.desired, {"prefill": 5, "decode": 4, "vision": 2}[t.pool], "demand")
+                       for t in first.targets), 1.0)
+    assert {t.pool: t.desired for t in fit_to_power(again, site_a, REQUIRED | {"vision"}, needs).targets} == sizes
