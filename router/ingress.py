@@ -54,7 +54,7 @@ from router.prompt import ModelFacts, PreparedRequest, PromptBuilder, model_fact
 from router.proto import pavana_pb2 as pb
 from router.proto.lenient import Malformed
 from router.request_telemetry import measured
-from router.site_router import NoPoweredSite, choose_site
+from router.site_router import SPILL_SHARE_OF_TTFT, NoPoweredSite, choose_site
 from router.site_view import SiteView, build_view
 from router.protocol import (
     ChatChoice,
@@ -258,6 +258,7 @@ class Ingress:
         self.keys = APIKeys(self.spec.api_keys)
         self.admission = AdmissionControl.from_spec(self.spec)
         self.class_policies = self.admission.policies
+        self._class_slos = {c.name: c.slo for c in self.spec.qos_classes}
         self.pools = pools
         self.orchestrator = Orchestrator({site: SitePools(**stages) for site, stages in pools.items()})
         self._site_names = [site.name for site in self.spec.sites]
@@ -300,7 +301,13 @@ class Ingress:
             await asyncio.sleep(0.05)
         if self._site_view is None:
             return self._site_names[0]
-        choice = choose_site(prepared.request.qos_class, self._site_view.shares, self._site_view.power, random.random())
+        qos_class = prepared.request.qos_class
+        view = self._site_view
+        # Blended with live load (`router/site_router.py`): spill past the plan only when even the
+        # less loaded candidate would spend half the class's TTFT target waiting.
+        spill = SPILL_SHARE_OF_TTFT * self._class_slos[qos_class].ttft_s
+        choice = choose_site(qos_class, view.shares, view.power, random.random(), load=view.load, second=random.random(),
+                             spill_wait_s=spill)
         if choice.site is None:
             raise NoPoweredSite(choice.reason)
         return choice.site

@@ -1,12 +1,20 @@
 """The fast timescale of power-aware serving (Heron): which site takes this request, now.
 
-It follows the planner's shares, but reacts between plans: a site whose available power has
-dropped below what its running replicas draw gets no new work at once (its replicas are about
-to be shed), and its share goes to the others. When no site in the plan can take a class,
-the request fails over to any powered site, nearest first; when none is powered, there is no
-site (the ingress answers 503 with Retry-After).
+It follows the planner's shares, but reacts between plans:
+- power: a site whose available power has dropped below what its running replicas draw gets
+  no new work at once (its replicas are about to be shed), and its share goes to the others;
+- load (given `load`): two candidate sites are drawn by the planned shares and the request
+  goes to the one whose entry stage would make it wait less (power of two choices: the plan
+  sets the proportions, live queues correct them); when even that site would make it wait
+  longer than `spill_wait_s`, it spills to the powered site with the shortest wait. A forecast
+  planner alone is blind to queues between plans, and a least-loaded router alone is blind to
+  the power coming; the blend keeps both (XWind reports the reactive router beating a
+  Heron-style planner; this is how Pavana's plan stops losing to it).
+When no site in the plan can take a class, the request fails over to any powered site,
+nearest first; when none is powered, there is no site (the ingress answers 503 with
+Retry-After).
 
-Pure: the caller passes the plan, the live power picture and a uniform random number.
+Pure: the caller passes the plan, the live power and load picture and uniform random numbers.
 """
 
 from __future__ import annotations
@@ -37,6 +45,25 @@ class SitePower:
 
 
 @dataclass(frozen=True, slots=True)
+class SiteLoad:
+    """How long a new request would wait at a site's entry stage, and how full its KV is."""
+
+    wait_s: float  # queued prefill work over the entry replicas' measured throughput
+    kv_occupancy: float = 0.0  # mean over the replicas that hold KV (decode or colocated)
+
+    @property
+    def score(self) -> float:
+        # A site out of KV room admits nothing new however short its queue; count it a full second late.
+        return self.wait_s + (1.0 if self.kv_occupancy >= KV_FULL else 0.0)
+
+
+KV_FULL = 0.95
+# A request spills past the planned sites once even the less loaded candidate would keep it
+# waiting this share of its class's TTFT target (the ingress and the simulator pass it).
+SPILL_SHARE_OF_TTFT = 0.5
+
+
+@dataclass(frozen=True, slots=True)
 class SiteChoice:
     site: str | None
     reason: str
@@ -47,19 +74,22 @@ def choose_site(
     shares: Mapping[str, Mapping[str, float]],
     power: Mapping[str, SitePower],
     uniform: float,
+    *,
+    load: Mapping[str, SiteLoad] | None = None,
+    second: float = 0.5,
+    spill_wait_s: float = float("inf"),
 ) -> SiteChoice:
-    """`shares[class][site]` from the last plan; `uniform` in [0, 1) picks by weight."""
+    """`shares[class][site]` from the last plan; `uniform` in [0, 1) picks by weight, and with
+    `load`, `second` draws the other candidate."""
     planned = {s: w for s, w in shares.get(qos_class, {}).items() if w > 0 and s in power}
     usable = {s: w for s, w in planned.items() if power[s].powered}
     if usable:
         total = sum(usable.values())
         dropped = sorted(set(planned) - set(usable))
-        point = uniform * total
-        for site, weight in sorted(usable.items()):
-            point -= weight
-            if point < 0:
-                break
+        site = _draw(usable, uniform)
         reason = f"planned share {usable[site] / total:.0%} of {qos_class!r}"
+        if load is not None:
+            site, reason = _less_loaded(site, _draw(usable, second), reason, power, load, spill_wait_s)
         if dropped:
             reason += f"; {', '.join(dropped)} skipped: power below what its replicas draw"
         return SiteChoice(site, reason)
@@ -69,3 +99,31 @@ def choose_site(
         why = "no planned site" if not planned else f"planned sites {sorted(planned)} lack power"
         return SiteChoice(site, f"fail-over: {why}; nearest powered site")
     return SiteChoice(None, "no site has power for new work")
+
+
+def _draw(weights: Mapping[str, float], uniform: float) -> str:
+    point = uniform * sum(weights.values())
+    for site, weight in sorted(weights.items()):
+        point -= weight
+        if point < 0:
+            return site
+    return site
+
+
+def _less_loaded(
+    first: str, other: str, reason: str, power: Mapping[str, SitePower], load: Mapping[str, SiteLoad], spill_wait_s: float
+) -> tuple[str, str]:
+    unknown = SiteLoad(wait_s=0.0)
+    a, b = load.get(first, unknown), load.get(other, unknown)
+    site = other if b.score < a.score else first
+    if site != first:
+        reason += f"; {other} instead of {first}: {b.wait_s:.2f} s wait against {a.wait_s:.2f} s"
+    best = load.get(site, unknown)
+    if best.score > spill_wait_s:
+        powered = [s for s, p in power.items() if p.powered and s in load]
+        if powered:
+            spill = min(powered, key=lambda s: (load[s].score, power[s].latency_ms, s))
+            if load[spill].score < best.score:
+                return spill, (f"spill-over: {site} would wait {best.wait_s:.2f} s (> {spill_wait_s:.2f} s); "
+                               f"{spill} waits {load[spill].wait_s:.2f} s")
+    return site, reason

@@ -1,7 +1,9 @@
 """The ingress's picture of its sites, rebuilt from telemetry every half second: which sites
 can take work now (live replicas of every stage the topology needs, power not below what
-they draw) and how traffic should be shared: each class as the power planner divided it
-(`RoutingPlan.shares`), or, before its first plan, as the stage autoscaler sized each site.
+they draw), how long a request would wait at each (`SiteLoad`: the entry stage's queued
+prefill tokens over its measured throughput, and how full its KV is), and how traffic should
+be shared: each class as the power planner divided it (`RoutingPlan.shares`), or, before its
+first plan, as the stage autoscaler sized each site.
 
 Pure: a telemetry snapshot and the plan in, the inputs of `router.site_router` out.
 """
@@ -9,16 +11,22 @@ Pure: a telemetry snapshot and the plan in, the inputs of `router.site_router` o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cluster.records import Plan, RoutingPlan, TelemetrySnapshot
-from router.site_router import SitePower
+from router.site_router import SiteLoad, SitePower
+
+# Prefill tokens an entry replica processes per busy second until its heartbeats have measured it.
+DEFAULT_PREFILL_TOKENS_PER_S = 2_000.0
+# Below this busy fraction a replica's tokens per busy second is too noisy to use.
+_MIN_BUSY = 0.05
 
 
 @dataclass(frozen=True, slots=True)
 class SiteView:
     shares: dict[str, dict[str, float]]  # class -> site -> weight
     power: dict[str, SitePower]  # only sites with live replicas of every required stage
+    load: dict[str, SiteLoad] = field(default_factory=dict)  # site -> live load (the same sites as power)
 
 
 def build_view(
@@ -46,6 +54,7 @@ def build_view(
         if required_stages <= stages_up[site]
     }
     anchor = "colocated" if "colocated" in required_stages else "prefill"
+    load = {site: site_load(snapshot.heartbeats, site, anchor) for site in power}
     if plan is not None:
         weights = {t.site: float(t.desired) for t in plan.targets if t.pool == anchor and t.site in sites}
     else:
@@ -54,4 +63,16 @@ def build_view(
     for c in classes:
         planned = {site: w for site, w in (routing.shares.get(c, {}) if routing else {}).items() if site in sites}
         shares[c] = planned if sum(planned.values()) > 0 else dict(weights)
-    return SiteView(shares=shares, power=power)
+    return SiteView(shares=shares, power=power, load=load)
+
+
+def site_load(heartbeats, site: str, entry_stage: str, default_tokens_per_s: float = DEFAULT_PREFILL_TOKENS_PER_S) -> SiteLoad:
+    """The wait at a site's entry stage: its queued prefill tokens over the tokens its entry
+    replicas process per second together (each measured per busy second, else the default)."""
+    entry = [h for h in heartbeats if h.site == site and h.stage == entry_stage]
+    queued = sum(h.queued_prefill_tokens for h in entry)
+    rate = sum(h.tokens_per_s / h.busy_fraction if h.busy_fraction >= _MIN_BUSY and h.tokens_per_s > 0 else default_tokens_per_s
+               for h in entry)
+    holders = [h for h in heartbeats if h.site == site and h.stage in ("decode", "colocated") and h.total_kv_blocks > 0]
+    kv = sum(h.kv_occupancy for h in holders) / len(holders) if holders else 0.0
+    return SiteLoad(wait_s=queued / rate if rate > 0 else 0.0, kv_occupancy=kv)

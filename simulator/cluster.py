@@ -35,9 +35,9 @@ from cluster.records import ReplicaHeartbeat, RequestRecord, TelemetrySnapshot, 
 from cluster.spec import ClusterSpec, ConstantPower, TracePower
 from router.admission import AdmissionControl, Overloaded
 from router.replica_choice import ReplicaLoad, rank_for_decode, rank_for_prefill
-from router.site_router import SitePower, choose_site
+from router.site_router import SPILL_SHARE_OF_TTFT, SiteLoad, SitePower, choose_site
 from simulator.control import SimController
-from simulator.cost_model import CostModel, Network
+from simulator.cost_model import BatchShape, CostModel, Network
 from simulator.events import EventLoop, Kind
 from simulator.replica import BaseReplica, SimReplica, VisionReplica
 from simulator.request import SimRequest
@@ -51,7 +51,10 @@ class SimOptions:
     control_interval_s: float = 5.0
     autoscale: bool = True
     power_aware: bool = True  # fit pools under power, plan sites and power modes, skip overdrawn sites
-    routing: str = "planned"  # planned: site router over shares; least_loaded: any site's least-loaded replica
+    # blended: the live site router (planned shares, power, and each site's live load); planned:
+    # shares and power only; least_loaded: any site's least-loaded replica (power-oblivious);
+    # static: fixed shares by installed replicas, no fail-over (per-site serving, Heron's baseline)
+    routing: str = "blended"
     power_interval_s: float = 60.0  # how often a trace-powered site's power is re-read
     ride_through_s: float = 30.0  # a site's battery carries an overdraw this long, then replicas go dark
     sample_interval_s: float = 10.0
@@ -112,6 +115,8 @@ class SimCluster:
         self.autoscaler_config = self.controller.settings.autoscaler
         self.admission = AdmissionControl.from_spec(spec)
         self.classes = {c.name: c for c in spec.qos_classes}
+        chunk = spec.engine.chunk_size
+        self._prefill_rate = chunk / cost.batch_time(BatchShape(chunk, 0, chunk * (chunk + 1) / 2, 0, 1))
         self.shares: dict[str, dict[str, float]] = {c.name: {s: 1.0 for s in self.sites} for c in spec.qos_classes}
         self.requests: list[SimRequest] = []
         self.backlog: dict[tuple[str, str], deque[SimRequest]] = defaultdict(deque)
@@ -233,12 +238,41 @@ class SimCluster:
     def _choose_site(self, req: SimRequest) -> SiteState | None:
         if len(self.sites) == 1:
             return next(iter(self.sites.values()))
-        if self.options.routing == "least_loaded":
+        routing = self.options.routing
+        if routing == "least_loaded":
             return self._least_loaded_site()
+        if routing == "static":
+            return self._static_site()
         power = {name: SitePower(s.available_w, s.drawn_w, s.latency_s * 1e3) for name, s in self.sites.items()
                  if s.alive(self.entry_pool)}
-        choice = choose_site(req.trace.qos_class, self.shares, power, float(self.rng.random()))
+        qos = req.trace.qos_class
+        if routing == "blended":
+            load = {name: self._site_load(self.sites[name]) for name in power}
+            spill = SPILL_SHARE_OF_TTFT * self.classes[qos].slo.ttft_s
+            choice = choose_site(qos, self.shares, power, float(self.rng.random()), load=load,
+                                 second=float(self.rng.random()), spill_wait_s=spill)
+        else:
+            choice = choose_site(qos, self.shares, power, float(self.rng.random()))
         return self.sites[choice.site] if choice.site else None
+
+    def _site_load(self, site: SiteState) -> SiteLoad:
+        """What a live site's heartbeats say of its entry stage: queued prefill tokens over the
+        replicas' throughput (the cost model's full-chunk rate at each replica's clock)."""
+        replicas = [r for r in site.replicas.get(self.entry_pool, ()) if r.accepting]
+        rate = sum(r.speed for r in replicas) * self._prefill_rate
+        queued = sum(r.queued_prefill_tokens for r in replicas)
+        holders = [r for p in ("decode", "colocated") for r in site.replicas.get(p, ()) if r.accepting]
+        kv = sum(1 - r.block_manager.num_free_blocks / r.block_manager.num_blocks for r in holders) / len(holders) if holders else 0.0
+        return SiteLoad(wait_s=queued / rate if rate > 0 else 0.0, kv_occupancy=kv)
+
+    def _static_site(self) -> SiteState | None:
+        """Each site serves a fixed share of the traffic (its installed replicas' share), with no
+        fail-over: a site without powered replicas loses its share (per-site serving)."""
+        names = list(self.sites)
+        weights = np.array([self.sites[n].max_replicas for n in names], dtype=float)
+        site = self.sites[names[int(self.rng.choice(len(names), p=weights / weights.sum()))]]
+        powered = site.available_w > 0 and site.drawn_w <= site.available_w and site.alive(self.entry_pool)
+        return site if powered else None
 
     def _least_loaded_site(self) -> SiteState | None:
         """Power-oblivious: the least-loaded accepting replica of the entry pool, at any site."""

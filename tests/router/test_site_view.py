@@ -41,3 +41,15 @@ def test_shares_follow_the_routing_plan_and_fall_back_to_the_stage_plan():
     # No servable share for batch, and a class the planner has not seen: the stage plan's sizes.
     assert view.shares["batch"] == {"a": 1.0, "b": 3.0}
     assert view.shares["new"] == {"a": 1.0, "b": 3.0}
+
+
+def test_each_site_s_wait_is_its_queue_over_its_measured_throughput():
+    from dataclasses import replace
+
+    busy = replace(hb("prefill", "a"), queued_prefill_tokens=3000, tokens_per_s=500.0, busy_fraction=0.5)  # 1,000 tokens/s busy
+    cold = replace(hb("prefill", "b"), queued_prefill_tokens=3000)  # not measured yet: the 2,000 tokens/s default
+    full = replace(hb("decode", "b"), free_kv_blocks=1, total_kv_blocks=20)
+    snapshot = TelemetrySnapshot(heartbeats=(busy, hb("decode", "a"), cold, full))
+    view = build_view(snapshot, None, sites=SITES, classes=["interactive"], required_stages=REQUIRED)
+    assert view.load["a"].wait_s == 3.0 and view.load["b"].wait_s == 1.5
+    assert view.load["b"].kv_occupancy == 0.95 and view.load["b"].score == 2.5

@@ -111,3 +111,36 @@ def test_autoscaling_under_bursts_leaves_nothing_behind():
     assert any(d["to"] < d["from"] for d in sim.decisions)  # and shrank once the load was gone
     assert not check_no_leaks(sim)
     assert all(r.tokens == 20 for r in requests)
+
+
+def test_the_blended_router_steers_a_burst_away_from_the_busier_site():
+    """Two sites planned at equal shares, one with a single replica and one with four: blind to
+    load the router sends each half; blended, the small site's queue sends work to the big one,
+    and the requests wait less."""
+    sites = [{"name": "small", "max_replicas": 4}, {"name": "big", "max_replicas": 4}]
+    pools = {"colocated": {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1}}
+    s = ClusterSpec.parse({"topology": "colocated", "pools": pools, "sites": sites,
+                           "engine": {"chunk_size": 256, "num_kv_blocks": 512}})
+    trace = synthetic(poisson_arrivals(30.0, 10.0, seed=5), (300, 10), seed=5)
+    runs = {}
+    for routing in ("planned", "blended"):
+        sim = SimCluster(s, COST, NET, SimOptions(autoscale=False, power_aware=False, routing=routing))
+        for _ in range(3):
+            sim._start_replica("colocated", sim.sites["big"], cold=False)
+        runs[routing] = sim.run(trace)
+        assert not check_no_leaks(sim)
+    share_big = {k: sum(r.site == "big" for r in v) / len(v) for k, v in runs.items()}
+    assert share_big["planned"] == pytest.approx(0.5, abs=0.08)
+    assert share_big["blended"] > 0.65
+    p90 = {k: sorted(r.ttft_s for r in v)[int(0.9 * len(v))] for k, v in runs.items()}
+    assert p90["blended"] < p90["planned"]
+
+
+def test_static_routing_loses_the_share_of_a_site_without_power():
+    sites = [{"name": "dark", "power": {"kind": "constant", "power_w": 0.0}},
+             {"name": "lit", "power": {"kind": "constant", "power_w": 10_000.0}}]
+    sim = SimCluster(spec(sites=sites), COST, NET, SimOptions(autoscale=False, routing="static"))
+    requests = sim.run(synthetic(poisson_arrivals(5.0, 20.0, seed=1), (50, 5), seed=1))
+    dark = [r for r in requests if r.outcome == "rejected"]
+    assert 0.3 < len(dark) / len(requests) < 0.7  # about half: no fail-over to the lit site
+    assert all(r.site == "lit" for r in requests if r.outcome == "ok")
