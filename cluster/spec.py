@@ -155,7 +155,15 @@ def _default_classes() -> list[QoSClass]:
 
 
 class ClusterSpec(_Model):
-    """Everything `pavana up` deploys; the controller reconciles the cluster towards it."""
+    """Everything `pavana up` deploys; the controller reconciles the cluster towards it.
+
+    The topology names how the language model's stages run — `disaggregated` (prefill and
+    decode pools) or `colocated` (one pool does both, Sarathi-Serve style) — and a `vision`
+    pool beside either encodes images on its own GPUs. So there are four serving shapes
+    (`shape`): E/P/D, P/D, E + PD (an encoder pool beside colocated replicas, ModServe's
+    decoupled encoder without splitting prefill from decode) and PD (monolithic: a colocated
+    replica encodes its requests' images inside its own iterations).
+    """
 
     model: ModelSpec = ModelSpec()
     engine: EngineSpec = EngineSpec()
@@ -177,6 +185,14 @@ class ClusterSpec(_Model):
     # they are closed (`pavana up` generates one).
     operator_token: str | None = Field(None, min_length=16)
     allow_remote_image_urls: bool = False
+
+    @property
+    def shape(self) -> str:
+        """E/P/D, P/D, E + PD or PD: which stages run in pools of their own."""
+        encoder = "vision" in self.pools
+        if self.topology == "disaggregated":
+            return "E/P/D" if encoder else "P/D"
+        return "E + PD" if encoder else "PD"
 
     @field_validator("pools", mode="before")
     @classmethod

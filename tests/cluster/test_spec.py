@@ -16,7 +16,7 @@ def test_default_spec_is_the_documented_one():
     assert ClusterSpec.from_yaml(SPECS / "default.yaml") == spec
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "colocated.yaml", "two-sites.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "colocated.yaml", "e-pd.yaml", "two-sites.yaml"])
 def test_every_shipped_spec_loads_and_round_trips(name):
     spec = ClusterSpec.from_yaml(SPECS / name)
     assert ClusterSpec.from_yaml_text(spec.to_yaml()) == spec
@@ -95,3 +95,8 @@ def test_model_level_errors_read_without_pydantic_prefixes():
 def test_not_a_mapping_is_rejected():
     with pytest.raises(SpecError, match="mapping"):
         ClusterSpec.from_yaml_text("- just\n- a list\n")
+
+
+def test_each_serving_shape_is_named_from_topology_and_pools():
+    shapes = {name: ClusterSpec.from_yaml(f"deploy/specs/{name}.yaml").shape for name in ("default", "colocated", "e-pd", "two-sites")}
+    assert shapes == {"default": "E/P/D", "colocated": "PD", "e-pd": "E + PD", "two-sites": "P/D"}
