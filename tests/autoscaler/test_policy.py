@@ -251,7 +251,8 @@ def test_config_errors_name_the_field():
 def test_policy_modules_import_no_adapter_and_no_clock():
     forbidden = {"ray", "redis", "torch", "time", "datetime"}
     root = Path(__file__).resolve().parents[2] / "autoscaler"
-    for path in (root / "policy.py", root / "signals.py", root / "config.py"):
+    adapters = {"serve_hook.py", "round_log.py"}  # Serve's hook reads Redis; the round log reads files
+    for path in sorted(p for p in root.glob("*.py") if p.name not in adapters):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
