@@ -121,3 +121,52 @@ async def test_a_power_drop_moves_work_away_and_power_returning_brings_it_back(c
         assert set(await traffic(client, spec.model.name, 40)) == {200}
         await asyncio.sleep(1.0)
         assert (await sites_since(store, returned_at)).get("a", 0) > 0
+
+
+async def test_a_loaded_site_gets_little_new_work_until_its_queue_drains(cluster):
+    """The ingress blends the plan with live load: with both sites powered and planned, a long
+    prefill queue reported at site a (a heartbeat written beside a's real replicas, as a busy
+    replica would publish it) sends new requests to b; once the queue is gone, a takes work again."""
+    from cluster.records import ReplicaHeartbeat
+
+    spec, base = cluster
+    reconciler = Reconciler(spec, app_name=APP, autoscaler={"cooldown_s": 2.0})
+    store = TelemetryStore(spec.redis_url, spec.telemetry_prefix, heartbeat_ttl_s=2.0)
+    await meter(store, a=2000.0, b=2000.0)
+    for _ in range(60):  # both sites serving (an earlier test may have darkened a)
+        await reconciler.reconcile_once()
+        current = await replicas(spec)
+        if min(current.values()) >= 1:
+            break
+        await asyncio.sleep(0.5)
+    assert min(current.values()) >= 1, current
+    assert reconciler.routing.shares["interactive"]["a"] > 0
+
+    def queued_at_a() -> ReplicaHeartbeat:
+        return ReplicaHeartbeat(pool="prefill", stage="prefill", site="a", replica_id="backlog", queued_requests=400,
+                                running_requests=8, queued_prefill_tokens=400_000, free_kv_blocks=10, total_kv_blocks=64,
+                                tokens_per_s=2000.0, busy_fraction=1.0, power_w=300.0, timestamp_s=time.time())
+
+    async def keep_reporting(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await store.write_batch([queued_at_a()])
+            await asyncio.sleep(0.5)
+
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        stop = asyncio.Event()
+        reporter = asyncio.create_task(keep_reporting(stop))
+        await asyncio.sleep(1.5)  # the ingress's site view refreshes every half second
+        loaded_at = time.time()
+        assert set(await traffic(client, spec.model.name, 40)) == {200}
+        stop.set()
+        await reporter
+        await asyncio.sleep(1.0)
+        during = await sites_since(store, loaded_at)
+        assert during.get("b", 0) >= 38 and during.get("a", 0) <= 2, during
+
+        await asyncio.sleep(3.0)  # the backlog's heartbeat expires: a's queue is gone
+        drained_at = time.time()
+        assert set(await traffic(client, spec.model.name, 40)) == {200}
+        await asyncio.sleep(1.0)
+        assert (await sites_since(store, drained_at)).get("a", 0) > 0
+    await store.close()
