@@ -64,8 +64,20 @@ class PrivateRedis:
             self.proc = None
 
 
+def heavy_vision_model(path: Path) -> Path:
+    """The default model's language half with a vision tower some 50× the default's compute
+    (hidden 512, 12 layers, still 16 tokens per image): encoding then costs more than
+    prefilling an image's tokens, so image traffic loads the vision pool first, as a real
+    CLIP tower beside a small language model does. With the default tower (under a
+    millisecond per image) image traffic is prefill-bound and the vision pool rightly holds."""
+    from workers.engine.default_model import DEFAULT_SEED, DEFAULT_SHAPE, write_tiny_llava
+
+    vision = dict(image_size=56, patch_size=14, hidden_size=512, intermediate_size=2048, num_layers=12, num_heads=8)
+    return write_tiny_llava(path, seed=DEFAULT_SEED, vision=vision, **DEFAULT_SHAPE)
+
+
 @pytest.fixture(scope="module")
-def cluster(ray_cluster):
+def cluster(ray_cluster, tmp_path_factory):
     from ray import serve
 
     from controller.app import build_app
@@ -73,7 +85,9 @@ def cluster(ray_cluster):
 
     redis = PrivateRedis(free_port())
     redis.start()
+    model = heavy_vision_model(tmp_path_factory.mktemp("heavy-vision"))
     spec = ClusterSpec.parse({
+        "model": {"path": str(model)},
         "redis_url": redis.url,
         "telemetry_prefix": f"test:{uuid.uuid4().hex}",
         "engine": {"num_threads": 1, "chunk_size": 512},
@@ -133,13 +147,15 @@ async def test_each_pool_grows_on_its_own_signal_and_shrinks_when_idle(cluster):
         assert all(s == 200 for s in await sending)
         assert current["prefill@local"] == 2, reconciler.last_plan
         assert current["decode@local"] == 1 and current["vision@local"] == 1
-        # Image traffic grows the vision pool alone.
+        # Image traffic grows the vision pool alone: the images queued at it are its demand.
+        # Four distinct images a request (the vision replicas cache repeated ones).
         images = [("/chat/completions", {"model": spec.model.name, "max_tokens": 1, "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": image_url(i)}}, {"type": "text", "text": "what is this"}]}]}) for i in range(150)]
+            *({"type": "image_url", "image_url": {"url": image_url(4 * i + k)}} for k in range(4)),
+            {"type": "text", "text": "what is this"}]}]}) for i in range(150)]
         sending = asyncio.create_task(send(client, images))
         current = await until(lambda c: c["vision@local"] == 2, 60, reconciler)
         assert all(s == 200 for s in await sending)
-        assert current["vision@local"] == 2, reconciler.last_plan
+        assert current["vision@local"] == 2, reconciler.last_plan.target("vision@local").reason
         assert current["decode@local"] == 1
         # Idle: every pool back to its minimum after the cool-down, never below it.
         current = await until(lambda c: all(n == 1 for n in c.values()), 90, reconciler)
