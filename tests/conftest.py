@@ -14,7 +14,22 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import cluster.spec  # noqa: E402
 from tiny_checkpoints import build_tiny_llama, build_tiny_llava  # noqa: E402
+
+# Specs that name no model serve the tiny random LLaVA here, not SmolLM2: every Serve replica
+# of every test would otherwise load 135M parameters. Set at import, before any test module
+# builds a spec; tests of the real default ask for `real_default_model`, and
+# tests/workers/engine/test_smollm2.py loads SmolLM2 explicitly.
+REAL_DEFAULT_MODEL = cluster.spec.DEFAULT_BUNDLED_MODEL
+cluster.spec.DEFAULT_BUNDLED_MODEL = "pavana-tiny"
+
+
+@pytest.fixture
+def real_default_model(monkeypatch) -> str:
+    """Specs that name no model get the real default, as `pavana up` does."""
+    monkeypatch.setattr(cluster.spec, "DEFAULT_BUNDLED_MODEL", REAL_DEFAULT_MODEL)
+    return REAL_DEFAULT_MODEL
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,8 @@ from typing import Any
 import ray
 
 from workers.engine.async_engine import AsyncEngine
+from workers.engine.bundled import model_dir
+from workers.engine.default_model import DEFAULT_MODEL_NAME
 from workers.engine.config import EngineConfig
 from workers.engine.llm_engine import LLMEngine
 from workers.engine.outputs import KVHandoff, RequestOutput
@@ -105,10 +107,11 @@ class EngineReplica:
     stage = "colocated"
 
     async def __init__(
-        self, model_path: str | None, engine_config: dict[str, Any], pool: str, site: str, telemetry: dict[str, Any] | None = None
+        self, model_path: str | None, engine_config: dict[str, Any], pool: str, site: str, telemetry: dict[str, Any] | None = None,
+        bundled: str = DEFAULT_MODEL_NAME,
     ) -> None:
         config = EngineConfig(**{**engine_config, "mode": self.mode})
-        self.engine = LLMEngine(model_path, config)
+        self.engine = LLMEngine(model_dir(model_path, bundled), config)
         self.async_engine = AsyncEngine(self.engine)
         self.pool = pool
         self.site = site
@@ -214,15 +217,12 @@ class VisionReplica:
     stage = "vision"
 
     async def __init__(
-        self, model_path: str | None, pool: str, site: str, telemetry: dict[str, Any] | None = None, cache_size: int = 256
+        self, model_path: str | None, pool: str, site: str, telemetry: dict[str, Any] | None = None, cache_size: int = 256,
+        bundled: str = DEFAULT_MODEL_NAME,
     ) -> None:
         from workers.vision.encoder import VisionEncoder
 
-        if model_path is None:
-            from workers.engine.default_model import ensure_default_model
-
-            model_path = str(ensure_default_model())
-        self.encoder = VisionEncoder.from_pretrained(model_path, cache_size=cache_size)
+        self.encoder = VisionEncoder.from_pretrained(str(model_dir(model_path, bundled)), cache_size=cache_size)
         self.pool = pool
         self.site = site
         self._lock = asyncio.Lock()

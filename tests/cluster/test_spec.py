@@ -7,8 +7,9 @@ from cluster.spec import ClusterSpec, SpecError, TracePower
 SPECS = Path(__file__).resolve().parents[2] / "deploy" / "specs"
 
 
-def test_default_spec_is_the_documented_one():
+def test_default_spec_is_the_documented_one(real_default_model):
     spec = ClusterSpec.default()
+    assert (spec.model.path, spec.model.bundled, spec.model.name) == (None, "smollm2-135m-instruct", "smollm2-135m-instruct")
     assert spec.topology == "disaggregated"
     assert set(spec.pools) == {"vision", "prefill", "decode"}
     assert [s.name for s in spec.sites] == ["local"]
@@ -100,3 +101,27 @@ def test_not_a_mapping_is_rejected():
 def test_each_serving_shape_is_named_from_topology_and_pools():
     shapes = {name: ClusterSpec.from_yaml(f"deploy/specs/{name}.yaml").shape for name in ("default", "colocated", "e-pd", "two-sites")}
     assert shapes == {"default": "E/P/D", "colocated": "PD", "e-pd": "E + PD", "two-sites": "P/D"}
+
+
+def test_the_suite_serves_the_tiny_model_unless_a_spec_names_one():
+    assert ClusterSpec.default().model.bundled == "pavana-tiny" and ClusterSpec.default().model.name == "pavana-tiny"
+    assert ClusterSpec.parse({"model": {"bundled": "smollm2-135m-instruct"}}).model.name == "smollm2-135m-instruct"
+
+
+def test_a_model_path_names_the_model_after_its_folder_unless_named():
+    assert ClusterSpec.parse({"model": {"path": "/models/Llama-3.1-8B-Instruct"}}).model.name == "Llama-3.1-8B-Instruct"
+    assert ClusterSpec.parse({"model": {"path": "/models/llama", "name": "chat"}}).model.name == "chat"
+
+
+def test_unknown_bundled_model_is_refused_by_name():
+    with pytest.raises(SpecError, match="model.bundled"):
+        ClusterSpec.parse({"model": {"bundled": "gpt-5"}})
+
+
+def test_every_bundled_name_the_spec_allows_can_be_written():
+    from typing import get_args
+
+    from cluster.spec import BundledModel
+    from workers.engine.bundled import BUNDLED_MODELS
+
+    assert set(get_args(BundledModel)) == set(BUNDLED_MODELS)

@@ -113,7 +113,7 @@ def test_two_sites_overlay_serves_the_two_sites_spec(tmp_path):
     assert all(Path(s.power.path).parent == Path("/var/lib/pavana/power") for s in ours.sites)
 
 
-def test_base_serves_the_default_spec_with_in_cluster_redis(tmp_path):
+def test_base_serves_the_default_spec_with_in_cluster_redis(tmp_path, real_default_model):
     ours = overlay_spec(rendered("base"), tmp_path)
     theirs = ClusterSpec.from_yaml(SPECS / "default.yaml")
     drop = ("redis_url", "engine.num_threads")

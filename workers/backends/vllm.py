@@ -52,7 +52,7 @@ def engine_args(model_path: str | None, engine_config: dict[str, Any], kv_role: 
     from vllm import AsyncEngineArgs
 
     if model_path is None:
-        raise ValueError("model.path: the vLLM backend needs a Hugging Face checkpoint (the bundled tiny model is CPU-only)")
+        raise ValueError("model.path: the vLLM backend needs a Hugging Face checkpoint (the bundled models are for the CPU engine)")
     kwargs: dict[str, Any] = dict(
         model=model_path,
         enable_chunked_prefill=True,
@@ -77,7 +77,11 @@ class VllmReplica:
     stage = "colocated"
     kv_role: str | None = None
 
-    def __init__(self, model_path: str | None, engine_config: dict[str, Any], pool: str, site: str, telemetry: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, model_path: str | None, engine_config: dict[str, Any], pool: str, site: str, telemetry: dict[str, Any] | None = None,
+        bundled: str | None = None,
+    ) -> None:
+        del bundled  # the bundled models are for Pavana's CPU engine: vLLM needs model.path
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.engine = AsyncLLM.from_engine_args(engine_args(model_path, engine_config, self.kv_role))

@@ -44,4 +44,6 @@ def load_llama(path: str | Path, dtype: str = "float32") -> tuple[ModelConfig, L
         model = LlamaModel(cfg)
     model = model.to_empty(device="cpu")
     model.load_weights(weights, prefix, lm_head)
+    if lm_head is None:  # tied (SmolLM2): one table for both ends, not a second copy in memory
+        model.lm_head.weight = model.embed_tokens.weight
     return cfg, model.to(DTYPES[dtype]).eval()
