@@ -10,8 +10,10 @@ the stage with the most unmet work per replica gets the scarce GPUs, a warm repl
 traded for a cold one for a small gain, and the next round, seeing the same loads, makes the
 same choice instead of undoing it (ModServe: stages compete for one cluster's GPUs).
 
-The first replica of every stage the topology needs outranks everything else: half a
-pipeline serves nothing. When even those do not fit, the whole site goes dark (it would still
+The first replica of every stage the topology needs, and of every pool with work, outranks
+everything else: half a pipeline serves nothing, and an encoder pool with images waiting is
+the only way those requests are served. Next come the replicas of pools still in their
+cool-down, which another pool's ask may not take (only a lack of power may). When even those do not fit, the whole site goes dark (it would still
 draw power). Power outranks a pool's minimum, and the reason says so.
 
 Pure: plans and numbers in, a plan out.
@@ -43,9 +45,13 @@ def fit_to_power(
     required_stages: frozenset[str],
     needs: Mapping[str, float] | None = None,
     warm_bonus: float = 0.3,
+    protected: Mapping[str, int] | None = None,
 ) -> Plan:
     """`needs` (pool@site -> replicas its measured load needs at the target utilisation) sets
-    each replica's worth; without it every replica the plan asks for is worth the same."""
+    each replica's worth; without it every replica the plan asks for is worth the same.
+    `protected` (pool@site -> replicas) are kept before any other pool's second replica: a
+    pool still in its cool-down after a change does not give replicas up to another pool's
+    ask (only to a lack of power), so two pools do not trade replicas back and forth."""
     targets = list(plan.targets)
     for name, site in sites.items():
         mine = [i for i, t in enumerate(targets) if t.site == name]
@@ -60,10 +66,13 @@ def fit_to_power(
             for i in mine:
                 t = targets[i]
                 need = (needs or {}).get(t.key, float(t.desired))
+                keep = min((protected or {}).get(t.key, 0), t.desired)
                 for k in range(t.desired):
-                    essential = k == 0 and t.pool in required_stages
+                    # Every pool the plan runs gets its first replica before any pool its second:
+                    # an encoder pool with images waiting serves them or nobody does.
+                    tier = 2 if k == 0 and (t.pool in required_stages or need > 0) else 1 if k < keep else 0
                     worth = max(_BEYOND_NEED, min(1.0, need - k)) + (warm_bonus if k < t.current else 0.0)
-                    candidates.append((essential, worth, -k, -_KEEP_ORDER.get(t.pool, 9), t.pool))
+                    candidates.append((tier, worth, -k, -_KEEP_ORDER.get(t.pool, 9), t.pool))
             for *_, pool in sorted(candidates, reverse=True)[:allowed]:
                 sizes[pool] += 1
         why = (

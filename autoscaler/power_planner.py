@@ -40,7 +40,10 @@ class PlannerSettings:
     # Replan at once when a site's power falls below this share of what the plan assumed
     # (or rises above its inverse): the plan's promises no longer hold.
     replan_drop_fraction: float = 0.9
-    tokens_per_replica_s: float = 400.0  # profiled default: tokens one replica serves per busy second
+    # Profiled defaults until heartbeats have measured them: prompt tokens one replica prefills,
+    # and output tokens it decodes, per second of doing each at full clock.
+    prefill_tokens_per_s: float = 2_000.0
+    decode_tokens_per_s: float = 400.0
     request_window_s: float = 30.0
 
     def __post_init__(self) -> None:
@@ -74,21 +77,27 @@ def class_demands(
     classes: Mapping[str, float],  # class -> weight (priority: higher counts more)
     now_s: float,
     settings: PlannerSettings,
-    tokens_per_replica_s: float | None = None,
+    prefill_tokens_per_s: float | None = None,
+    decode_tokens_per_s: float | None = None,
     latency_budget_ms: Mapping[str, float] | None = None,
 ) -> list[ClassDemand]:
-    """Per class, arrivals per second over the window and the cost of one request."""
-    rate_per_token = tokens_per_replica_s or settings.tokens_per_replica_s
+    """Per class, arrivals per second over the window and the cost of one request: its mean
+    prompt at the prefill rate plus its mean output at the decode rate (measured, else the
+    profiled defaults), in full-clock replica-seconds."""
+    prefill_rate = prefill_tokens_per_s or settings.prefill_tokens_per_s
+    decode_rate = decode_tokens_per_s or settings.decode_tokens_per_s
     recent = [r for r in requests if now_s - r.timestamp_s <= settings.request_window_s]
     demands = []
     for name, weight in classes.items():
         mine = [r for r in recent if r.qos_class == name]
-        tokens = sum(r.prompt_tokens + r.output_tokens for r in mine) / len(mine) if mine else 0.0
+        prompt = sum(r.prompt_tokens for r in mine) / len(mine) if mine else 0.0
+        output = sum(r.output_tokens for r in mine) / len(mine) if mine else 0.0
+        cost = prompt / prefill_rate + output / decode_rate
         demands.append(
             ClassDemand(
                 name=name,
                 rate_rps=len(mine) / settings.request_window_s,
-                cost_replica_s=max(tokens, 1.0) / rate_per_token,
+                cost_replica_s=max(cost, 1.0 / decode_rate),
                 latency_budget_ms=(latency_budget_ms or {}).get(name, math.inf),
                 weight=weight,
             )

@@ -5,8 +5,8 @@ once").
     plan_round(observation, memory, settings) -> RoundResult
 
 In order:
-1. Measured inputs: tokens one replica serves per busy full-clock second, and seconds to
-   encode one image, from the heartbeats; the settings' profiled constants only until
+1. Measured inputs: prompt tokens one replica prefills and output tokens it decodes per
+   full-clock second of doing each, and seconds to encode one image, from the heartbeats; the settings' profiled constants only until
    telemetry has measured them (a cold start).
 2. The stage autoscaler (`policy.plan`) sizes every pool@site for its demand.
 3. `power_cap.fit_to_power` caps each site by the power it has now (Heron's fast reaction)
@@ -113,15 +113,18 @@ class Measured:
     """Costs measured from heartbeats this round; None where telemetry could not measure them
     (then the profiled default stands in, and `source` says so)."""
 
-    tokens_per_replica_s: float | None
+    prefill_tokens_per_s: float | None
+    decode_tokens_per_s: float | None
     encode_s_per_image: float | None
 
     def describe(self, settings: RoundSettings) -> str:
-        tokens = f"{self.tokens_per_replica_s:.0f} tokens/s per replica (measured)" if self.tokens_per_replica_s else (
-            f"{settings.planner.tokens_per_replica_s:.0f} tokens/s per replica (profiled)")
+        def one(value: float | None, default: float, unit: str) -> str:
+            return f"{value:.0f} {unit} (measured)" if value else f"{default:.0f} {unit} (profiled)"
+
         image = f"{self.encode_s_per_image:.3f} s per image (measured)" if self.encode_s_per_image else (
             f"{settings.autoscaler.encode_s_per_image:.3f} s per image (profiled)")
-        return f"{tokens}; {image}"
+        return (f"{one(self.prefill_tokens_per_s, settings.planner.prefill_tokens_per_s, 'prefill tokens/s')}; "
+                f"{one(self.decode_tokens_per_s, settings.planner.decode_tokens_per_s, 'decode tokens/s')}; {image}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +157,9 @@ def plan_round(observation: Observation, memory: RoundMemory, settings: RoundSet
     if settings.power_aware and not snapshot.stale:  # no action on stale data, power included
         inputs = _site_inputs(observation.power_w, settings)
         needs = pool_needs(snapshot, config, now) if settings.autoscale else None
-        plan = fit_to_power(plan, inputs, settings.required_stages, needs, settings.autoscaler.warm_replica_bonus)
+        cooling = {key: n for key, n in observation.current.items()
+                   if now - memory.last_change_s.get(key, started) < config.cooldown_s}
+        plan = fit_to_power(plan, inputs, settings.required_stages, needs, config.warm_replica_bonus, cooling)
         if inputs:
             routing, why, routing_changes, history = _plan_sites(
                 snapshot, inputs, memory, settings, measured, now
@@ -178,19 +183,23 @@ def plan_round(observation: Observation, memory: RoundMemory, settings: RoundSet
 
 # -- measured inputs ------------------------------------------------------------------------------
 def measure(heartbeats: tuple[ReplicaHeartbeat, ...], settings: RoundSettings) -> Measured:
-    """Tokens per busy full-clock replica-second over the language-model replicas, and busy
-    seconds per image over the vision replicas; each only from replicas busy enough that the
-    ratio means something (`min_busy_for_measurement`)."""
+    """Prefill and decode tokens per full-clock second of doing each, over the language-model
+    replicas (`workers.engine.step_rates`), and busy seconds per image over the vision
+    replicas; each only from replicas busy enough that the ratio means something."""
     floor = settings.autoscaler.min_busy_for_measurement
-    llm = [h for h in heartbeats if h.stage != "vision" and h.busy_fraction >= floor and h.tokens_per_s > 0]
-    full_clock_busy = sum(h.busy_fraction * _throughput_fraction(h, settings) for h in llm)
-    tokens = sum(h.tokens_per_s for h in llm)
+    llm = [h for h in heartbeats if h.stage != "vision" and h.busy_fraction >= floor]
     vision = [h for h in heartbeats if h.stage == "vision" and h.busy_fraction >= floor and h.images_per_s > 0]
     images = sum(h.images_per_s for h in vision)
     return Measured(
-        tokens_per_replica_s=tokens / full_clock_busy if full_clock_busy > 0 else None,
+        prefill_tokens_per_s=_mean_full_clock([(h, h.prefill_tokens_per_busy_s) for h in llm], settings),
+        decode_tokens_per_s=_mean_full_clock([(h, h.decode_tokens_per_busy_s) for h in llm], settings),
         encode_s_per_image=sum(h.busy_fraction * _throughput_fraction(h, settings) for h in vision) / images if images else None,
     )
+
+
+def _mean_full_clock(rates: list[tuple[ReplicaHeartbeat, float]], settings: RoundSettings) -> float | None:
+    full = [rate / _throughput_fraction(h, settings) for h, rate in rates if rate > 0]
+    return sum(full) / len(full) if full else None
 
 
 def _throughput_fraction(h: ReplicaHeartbeat, settings: RoundSettings) -> float:
@@ -255,7 +264,8 @@ def _plan_sites(
         return memory.routing, None, (), history
     demands = class_demands(
         snapshot.requests, settings.class_weights, now, settings.planner,
-        tokens_per_replica_s=measured.tokens_per_replica_s, latency_budget_ms=settings.latency_budget_ms,
+        prefill_tokens_per_s=measured.prefill_tokens_per_s, decode_tokens_per_s=measured.decode_tokens_per_s,
+        latency_budget_ms=settings.latency_budget_ms,
     )
     routing = plan_routing(planning, demands, now)
     decisions = routing_decisions(memory.routing, routing, why, planning)

@@ -45,24 +45,34 @@ def vision_load(
     rate = sum(r.num_images for r in recent) / config.request_window_s
     queued = sum(h.queued_images for h in heartbeats)
     cost = config.encode_s_per_image
+    slo = ttft_target(recent, pool, config)
     return Load(
-        queued * cost / pool.ttft_slo_s + rate * cost,
-        f"{queued} images queued within the {pool.ttft_slo_s:g} s TTFT SLO and {rate:.2f} images/s served, "
+        queued * cost / slo + rate * cost,
+        f"{queued} images queued within the {slo:g} s TTFT SLO and {rate:.2f} images/s served, "
         f"× {cost:.3f} s to encode each",
     )
 
 
-def prefill_capacity(heartbeats: Sequence[ReplicaHeartbeat], config: AutoscalerConfig) -> tuple[float, str]:
-    """Prefill tokens one replica processes per busy second.
+def ttft_target(recent: Sequence[RequestRecord], pool: PoolConfig, config: AutoscalerConfig) -> float:
+    """The TTFT a stage's queue must clear within: the tightest SLO among the classes its recent
+    requests belong to (an encoder pool that serves only a relaxed image class is not held to
+    the text class's target), else the pool's own (the tightest of all classes)."""
+    seen = {r.qos_class for r in recent} & config.class_slos.keys()
+    return min((config.class_slos[c].ttft_s for c in seen), default=pool.ttft_slo_s)
 
-    tokens_per_s is averaged over wall time, so an idle replica reports little; dividing by
-    busy_fraction recovers the rate while busy. With too little busy time to measure, the
-    profiled rate stands in.
+
+def prefill_capacity(heartbeats: Sequence[ReplicaHeartbeat], config: AutoscalerConfig) -> tuple[float, str]:
+    """Prefill tokens one replica processes per second of prefilling.
+
+    Measured per replica as prefill tokens over the step time attributed to prefill
+    (`workers.engine.step_rates`): plain tokens per busy second would count a colocated
+    replica's decode steps as prefill time and read a capacity tens of times too low. A replica
+    busy too little to measure, or with no prefill in its window, leaves the profiled rate in.
     """
-    busy = sum(h.busy_fraction for h in heartbeats)
-    tokens = sum(h.tokens_per_s for h in heartbeats)
-    if heartbeats and busy / len(heartbeats) >= config.min_busy_for_measurement and tokens > 0:
-        return tokens / busy, "measured"
+    measured = [h.prefill_tokens_per_busy_s for h in heartbeats
+                if h.prefill_tokens_per_busy_s > 0 and h.busy_fraction >= config.min_busy_for_measurement]
+    if measured:
+        return sum(measured) / len(measured), "measured"
     return config.prefill_tokens_per_s, "profiled"
 
 
@@ -74,10 +84,11 @@ def prefill_load(
     capacity, how = prefill_capacity(heartbeats, config)
     queued = sum(h.queued_prefill_tokens for h in heartbeats)
     arriving = sum(r.prompt_tokens for r in recent) / config.request_window_s
-    load = queued / (capacity * pool.ttft_slo_s) + arriving / capacity
+    slo = ttft_target(recent, pool, config)
+    load = queued / (capacity * slo) + arriving / capacity
     return Load(
         load,
-        f"{queued} queued prefill tokens within the {pool.ttft_slo_s:g} s TTFT SLO and {arriving:.0f} tokens/s "
+        f"{queued} queued prefill tokens within the {slo:g} s TTFT SLO and {arriving:.0f} tokens/s "
         f"arriving, at {capacity:.0f} tokens/s per replica ({how})",
     )
 

@@ -17,7 +17,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-# 2: heartbeats carry images_per_s and queued_images (a vision replica's measured cost and queue).
+# 2: heartbeats carry images_per_s and queued_images (a vision replica's measured cost and
+# queue) and a language-model replica's prefill and decode rates.
 SCHEMA_VERSION = 2
 
 Outcome = Literal["ok", "error", "rejected", "aborted"]
@@ -67,6 +68,9 @@ class ReplicaHeartbeat:
     power_mode: str = ""  # the mode the replica runs in ("" before the first routing plan)
     images_per_s: float = 0.0  # vision replicas: images encoded per second over the last window
     queued_images: int = 0  # vision replicas: images waiting or being encoded
+    # Language-model replicas: each rate over the step time attributed to it (0.0: not measured).
+    prefill_tokens_per_busy_s: float = 0.0
+    decode_tokens_per_busy_s: float = 0.0
 
     __pydantic_config__ = _STRICT_FIELDS
 

@@ -39,10 +39,11 @@ from router.site_router import SPILL_SHARE_OF_TTFT, SiteLoad, SitePower, choose_
 from simulator.control import SimController
 from simulator.cost_model import BatchShape, CostModel, Network
 from simulator.events import EventLoop, Kind
-from simulator.replica import BaseReplica, SimReplica, VisionReplica
+from simulator.replica import Accounting, BaseReplica, SimReplica, VisionReplica
 from simulator.request import SimRequest
 from simulator.workload import TraceRequest
 from workers.engine.config import EngineConfig
+from workers.engine.step_rates import rate
 
 
 @dataclass(frozen=True)
@@ -440,15 +441,17 @@ class SimCluster:
     def _heartbeat(self, pool: str, r: BaseReplica, interval: float, now: float) -> ReplicaHeartbeat:
         busy = min(1.0, r.acct.busy_s / interval)
         if isinstance(r, SimReplica):
+            a = r.acct
             hb = ReplicaHeartbeat(pool, r.stage, r.site, r.replica_id, r.num_waiting, r.num_running, r.queued_prefill_tokens,
-                                  r.block_manager.num_free_blocks, r.block_manager.num_blocks, r.acct.tokens / interval,
-                                  busy, r.power_w, now)
-            hb = replace(hb, power_mode=self._mode_name(r))
+                                  r.block_manager.num_free_blocks, r.block_manager.num_blocks, a.tokens / interval,
+                                  busy, r.power_w, now, power_mode=self._mode_name(r),
+                                  prefill_tokens_per_busy_s=rate(a.prefill_tokens, a.prefill_s),
+                                  decode_tokens_per_busy_s=rate(a.decode_tokens, a.decode_s))
         else:
             hb = ReplicaHeartbeat(pool, r.stage, r.site, r.replica_id, r.num_requests, int(r.busy), 0, 0, 0,
                                   r.acct.images * self.options.tokens_per_image / interval, busy, r.power_w, now,
                                   images_per_s=r.acct.images / interval, queued_images=r.queued_images)
-        r.acct.busy_s = r.acct.tokens = r.acct.images = r.acct.iterations = 0
+        r.acct = Accounting()
         return hb
 
     def _count(self, site: SiteState, pool: str) -> int:

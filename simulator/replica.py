@@ -27,6 +27,7 @@ from workers.engine.postprocess import StopRule, advance
 from workers.engine.sampling import SamplingParams
 from workers.engine.scheduler import ScheduledBatch, make_scheduler
 from workers.engine.sequence import Sequence, SequenceStatus
+from workers.engine.step_rates import Step, split
 
 _SIM_TOKEN = 0  # the token every simulated step samples: the simulator has no vocabulary and no text
 
@@ -57,9 +58,14 @@ class Accounting:
     """Busy time and tokens since the last heartbeat, for the autoscaler's signals."""
 
     busy_s: float = 0.0
-    tokens: int = 0
+    tokens: int = 0  # output tokens, as a live replica counts them
     images: int = 0
     iterations: int = 0
+    # Tokens of each kind and the step time attributed to each (`workers.engine.step_rates`).
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
 
 
 @dataclass(eq=False)
@@ -94,12 +100,17 @@ class BaseReplica:
     def _drop_all(self) -> list[SimRequest]:
         raise NotImplementedError
 
-    def _account(self, duration: float, tokens: int, images: int = 0) -> None:
+    def _account(self, duration: float, tokens: int, images: int = 0, prefill_tokens: int = 0, decode_tokens: int = 0) -> None:
+        prefill_s, decode_s = split(Step(duration, prefill_tokens, decode_tokens))
         for a in (self.acct, self.total):
             a.busy_s += duration
             a.tokens += tokens
             a.images += images
             a.iterations += 1
+            a.prefill_tokens += prefill_tokens
+            a.decode_tokens += decode_tokens
+            a.prefill_s += prefill_s
+            a.decode_s += decode_s
 
 
 @dataclass(eq=False)
@@ -224,7 +235,8 @@ class SimReplica(BaseReplica):
         duration = (encode_s + (self.cost.batch_time(shape_of(batch)) if batch else 0.0)) / self.speed
         self.busy = True
         self.last_batch = batch
-        self._account(duration, batch.num_tokens, sum(r.trace.num_images for r in encoded))
+        self._account(duration, sum(c.samples for c in batch.chunks), sum(r.trace.num_images for r in encoded),
+                      batch.num_prefill_tokens, batch.num_decode_tokens)
         self.loop.after(duration, Kind.COMPLETION, self._complete, batch, self._generation)
 
     def _complete(self, batch: ScheduledBatch, generation: int) -> None:

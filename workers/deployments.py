@@ -136,6 +136,8 @@ class EngineReplica:
             "total_kv_blocks": stats.total_kv_blocks,
             "tokens_per_s": stats.tokens_per_s,
             "busy_fraction": stats.busy_fraction,
+            "prefill_tokens_per_busy_s": stats.prefill_tokens_per_busy_s,
+            "decode_tokens_per_busy_s": stats.decode_tokens_per_busy_s,
             "prefix_hashes": hashes,
         }
 

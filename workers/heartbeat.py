@@ -74,6 +74,8 @@ class Heartbeat:
             timestamp_s=time.time(),
             power_mode=self.mode.name if self.mode else "",
             images_per_s=float(s.get("images_per_s", 0.0)),
+            prefill_tokens_per_busy_s=float(s.get("prefill_tokens_per_busy_s", 0.0)),
+            decode_tokens_per_busy_s=float(s.get("decode_tokens_per_busy_s", 0.0)),
             queued_images=int(s.get("queued_images", 0)),
         )
 

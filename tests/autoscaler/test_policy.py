@@ -31,11 +31,11 @@ def config(*stages: str, sites: tuple[str, ...] = ("a",), **overrides) -> Autosc
 
 
 def hb(pool: str, replica: str, *, site: str = "a", queued_prefill: int = 0, running: int = 0, free: int = 100,
-       tokens_per_s: float = 0.0, busy: float = 0.0, t: float = NOW - 1) -> ReplicaHeartbeat:
+       tokens_per_s: float = 0.0, busy: float = 0.0, t: float = NOW - 1, prefill_rate: float = 0.0) -> ReplicaHeartbeat:
     return ReplicaHeartbeat(
         pool=pool, stage=pool, site=site, replica_id=replica, queued_requests=0, running_requests=running,
         queued_prefill_tokens=queued_prefill, free_kv_blocks=free, total_kv_blocks=100, tokens_per_s=tokens_per_s,
-        busy_fraction=busy, power_w=300.0, timestamp_s=t,
+        busy_fraction=busy, power_w=300.0, timestamp_s=t, prefill_tokens_per_busy_s=prefill_rate,
     )
 
 
@@ -54,7 +54,7 @@ def snap(heartbeats=(), requests=(), **kw) -> TelemetrySnapshot:
 
 def prefill_queue(total_queued: int, replicas: int = 2, busy: float = 0.5) -> list[ReplicaHeartbeat]:
     """Replicas that prefill 2,000 tokens per busy second, sharing `total_queued` tokens."""
-    return [hb("prefill", f"p{i}", queued_prefill=total_queued // replicas, tokens_per_s=2000 * busy, busy=busy)
+    return [hb("prefill", f"p{i}", queued_prefill=total_queued // replicas, tokens_per_s=2000 * busy, busy=busy, prefill_rate=2000)
             for i in range(replicas)]
 
 
@@ -122,7 +122,8 @@ def test_decode_grows_on_estimated_tbt():
      (0, 10, "decode-bound")],  # prefill 0 vs KV 2 × 90% = 1.8
 )
 def test_colocated_takes_the_larger_need(queued, free, bound):
-    heartbeats = [hb("colocated", f"c{i}", queued_prefill=queued // 2, free=free, running=10, tokens_per_s=1000, busy=1.0)
+    heartbeats = [hb("colocated", f"c{i}", queued_prefill=queued // 2, free=free, running=10, tokens_per_s=1000, busy=1.0,
+                     prefill_rate=1000)
                   for i in range(2)]
     p = plan(snap(heartbeats), config("colocated"), {"colocated@a": 2}, NOW, LONG_AGO)
     assert p.desired == {"colocated@a": 3}
@@ -286,3 +287,19 @@ def test_decode_counts_hand_offs_waiting_for_kv():
              {"prefill@a": 1, "decode@a": 1}, NOW, LONG_AGO)
     assert p.desired["decode@a"] == 3  # 1.8 replicas of KV at 80% utilisation
     assert "8 hand-offs waiting" in p.target("decode@a").reason
+
+
+def test_a_stage_s_queue_is_held_to_the_tightest_slo_of_the_classes_it_serves():
+    from dataclasses import replace
+
+    from autoscaler.signals import ttft_target
+
+    pool = pools("vision")["vision"]  # the pool's own target: the tightest class, 1 s
+    cfg = config("vision")
+    assert ttft_target([req(1, qos="batch", images=2)], pool, cfg) == 30.0
+    assert ttft_target([req(1, qos="batch"), req(2, qos="interactive")], pool, cfg) == 1.0
+    assert ttft_target([], pool, cfg) == 1.0
+    queued = replace(hb("vision", "v0", busy=1.0), queued_images=300)
+    batch_only = [req(i, path="vision>prefill>decode", images=1, qos="batch") for i in range(5)]
+    p = plan(snap([queued], batch_only), config("vision", encode_s_per_image=0.1), {"vision@a": 1}, NOW, LONG_AGO)
+    assert p.desired["vision@a"] == 2  # 300 × 0.1 s within 30 s, + 0.1 replicas served: 1.1 of work

@@ -72,3 +72,25 @@ def test_the_same_loads_give_the_same_allocation_next_round():
     again = Plan(tuple(PoolTarget(t.pool, "a", t.desired, {"prefill": 5, "decode": 4, "vision": 2}[t.pool], "demand")
                        for t in first.targets), 1.0)
     assert {t.pool: t.desired for t in fit_to_power(again, site_a, REQUIRED | {"vision"}, needs).targets} == sizes
+
+
+def test_an_encoder_pool_with_work_keeps_its_first_replica_against_a_larger_ask():
+    """E + PD under a 6-GPU cap: colocated asks for 8 (needs 7.5), vision for 1 (needs 0.4);
+    images waiting are served only by the encoder pool, so it keeps one."""
+    demand = plan(colocated_a=8, vision_a=1)
+    capped = fit_to_power(demand, {"a": SiteInput("a", 1e9, (FULL,), max_replicas=6)}, frozenset({"colocated"}),
+                          {"colocated@a": 7.5, "vision@a": 0.4})
+    assert {t.pool: t.desired for t in capped.targets} == {"colocated": 5, "vision": 1}
+
+
+def test_a_pool_in_its_cool_down_does_not_give_replicas_to_another_pools_ask_but_does_to_power():
+    from cluster.records import PoolTarget
+
+    asks = Plan((PoolTarget("prefill", "a", 4, 4, "demand"), PoolTarget("decode", "a", 2, 4, "demand")), 0.0)
+    needs = {"prefill@a": 2.5, "decode@a": 3.9}
+    site = {"a": SiteInput("a", 1e9, (FULL,), max_replicas=6)}
+    assert {t.pool: t.desired for t in fit_to_power(asks, site, REQUIRED, needs).targets} == {"prefill": 2, "decode": 4}
+    held = fit_to_power(asks, site, REQUIRED, needs, protected={"prefill@a": 4})
+    assert {t.pool: t.desired for t in held.targets} == {"prefill": 4, "decode": 2}
+    dim = fit_to_power(asks, {"a": SiteInput("a", 1200.0, (FULL,), max_replicas=6)}, REQUIRED, needs, protected={"prefill@a": 4})
+    assert sum(t.desired for t in dim.targets) == 4  # 1,200 W: the power cap still binds

@@ -53,11 +53,11 @@ def test_the_plan_counts_on_the_lower_of_power_now_and_its_forecast():
 
 
 def test_demand_per_class_is_its_recent_rate_and_token_cost():
-    settings = PlannerSettings(request_window_s=10.0, tokens_per_replica_s=400.0)
+    settings = PlannerSettings(request_window_s=10.0, prefill_tokens_per_s=600.0, decode_tokens_per_s=200.0)
     records = [request("interactive", 95.0 + i, 300, 100) for i in range(5)] + [request("batch", 50.0)]  # batch: too old
     demands = {d.name: d for d in class_demands(records, {"interactive": 1.0, "batch": 0.5}, 100.0, settings)}
     assert demands["interactive"].rate_rps == pytest.approx(0.5)
-    assert demands["interactive"].cost_replica_s == pytest.approx(1.0)  # 400 tokens at 400 tokens/s
+    assert demands["interactive"].cost_replica_s == pytest.approx(1.0)  # 300 prompt at 600/s, 100 output at 200/s
     assert demands["batch"].rate_rps == 0.0
     assert demands["batch"].weight == 0.5
     assert demands["interactive"].latency_budget_ms == math.inf

@@ -24,11 +24,13 @@ def two_sites(**pool) -> ClusterSpec:
 
 
 def heartbeat(site: str, replica: str, now: float, *, queued: int = 0, tokens_per_s: float = 0.0, busy: float = 0.0,
-              mode: str = "", stage: str = "colocated", images_per_s: float = 0.0) -> ReplicaHeartbeat:
+              mode: str = "", stage: str = "colocated", images_per_s: float = 0.0, prefill_rate: float = 0.0,
+              decode_rate: float = 0.0) -> ReplicaHeartbeat:
     return ReplicaHeartbeat(
         pool=stage, stage=stage, site=site, replica_id=replica, queued_requests=0, running_requests=1,
         queued_prefill_tokens=queued, free_kv_blocks=100, total_kv_blocks=128, tokens_per_s=tokens_per_s,
         busy_fraction=busy, power_w=300.0, timestamp_s=now, power_mode=mode, images_per_s=images_per_s,
+        prefill_tokens_per_busy_s=prefill_rate, decode_tokens_per_busy_s=decode_rate,
     )
 
 
@@ -130,22 +132,23 @@ def test_measured_throughput_replaces_the_profiled_default_counted_at_full_clock
     settings = settings_from_spec(two_sites())
     now = 5.0
     cold = plan_round(observe(now), RoundMemory(), settings)
-    assert cold.measured.tokens_per_replica_s is None
-    assert "profiled" in cold.measured.describe(settings)
-    # 700 tokens/s at half busy in the capped mode (70% clock) is 2,000 tokens per full-clock busy second.
-    beats = [heartbeat("a", "r1", now, busy=0.5, tokens_per_s=700, mode="capped")]
+    assert cold.measured.prefill_tokens_per_s is None and cold.measured.decode_tokens_per_s is None
+    assert "prefill tokens/s (profiled)" in cold.measured.describe(settings)
+    # 7,000 prefill tokens per second of prefilling in the capped mode (70% clock) is 10,000 at full clock.
+    beats = [heartbeat("a", "r1", now, busy=0.5, mode="capped", prefill_rate=7000, decode_rate=350)]
     warm = plan_round(observe(now, heartbeats=beats), RoundMemory(), settings)
-    assert warm.measured.tokens_per_replica_s == pytest.approx(2000.0)
+    assert warm.measured.prefill_tokens_per_s == pytest.approx(10_000.0)
+    assert warm.measured.decode_tokens_per_s == pytest.approx(500.0)
 
 
 def test_demand_is_costed_with_the_measured_throughput():
-    settings = settings_from_spec(two_sites(), planner={"tokens_per_replica_s": 400.0})
+    settings = settings_from_spec(two_sites(), planner={"prefill_tokens_per_s": 400.0, "decode_tokens_per_s": 400.0})
     now = 5.0
-    records = requests(now, 300)  # 10 requests/s of 400 tokens each
+    records = requests(now, 300)  # 10 requests/s of 200 prompt and 200 output tokens each
     # At the profiled 400 tokens/s one request costs 1 replica-second: 10 replicas of work, more
     # than the two sites' 8 can serve. Measured at 4,000 tokens/s it costs 0.1: all of it fits.
     profiled = plan_round(observe(now, records=records), RoundMemory(), settings)
-    beats = [heartbeat(s, "r1", now, busy=0.5, tokens_per_s=2000) for s in ("a", "b")]
+    beats = [heartbeat(s, "r1", now, busy=0.5, prefill_rate=4000, decode_rate=4000) for s in ("a", "b")]
     measured = plan_round(observe(now, heartbeats=beats, records=records), RoundMemory(), settings)
     assert profiled.routing.goodput_rps == pytest.approx(8.0)
     assert measured.routing.goodput_rps == pytest.approx(10.0)

@@ -21,6 +21,7 @@ from workers.engine.llm_engine import LLMEngine
 from workers.engine.outputs import KVHandoff, RequestOutput
 from workers.engine.sampling import SamplingParams
 from workers.engine.sequence import MultimodalSpan, Sequence
+from workers.engine.step_rates import Step, rates
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,11 @@ class EngineStats:
     queued_prefill_tokens: int
     free_kv_blocks: int
     total_kv_blocks: int
-    tokens_per_s: float
+    tokens_per_s: float  # output tokens
     busy_fraction: float
     prefix_hashes: frozenset[int]
+    prefill_tokens_per_busy_s: float = 0.0  # `step_rates`: 0.0 when not measured in the window
+    decode_tokens_per_busy_s: float = 0.0
 
 
 class AsyncEngine:
@@ -62,7 +65,7 @@ class AsyncEngine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pavana-engine")
         self._dead: BaseException | None = None
         self._window_s = stats_window_s
-        self._busy: list[tuple[float, float, int]] = []  # (end time, busy seconds, tokens)
+        self._busy: list[tuple[float, float, int, Step]] = []  # (end time, busy seconds, output tokens, step)
         self._throughput_fraction = 1.0
 
     def set_throughput_fraction(self, fraction: float) -> None:
@@ -112,6 +115,7 @@ class AsyncEngine:
         busy_s = sum(b[1] for b in self._busy)
         tokens = sum(b[2] for b in self._busy)
         sched = self.engine.scheduler
+        measured = rates(b[3] for b in self._busy)
         return EngineStats(
             running=len(sched.running),
             waiting=len(sched.waiting) + len(self._to_add),
@@ -121,6 +125,8 @@ class AsyncEngine:
             tokens_per_s=tokens / self._window_s,
             busy_fraction=min(1.0, busy_s / self._window_s),
             prefix_hashes=self.engine.block_manager.cached_block_hashes(),
+            prefill_tokens_per_busy_s=measured.prefill_tokens_per_busy_s,
+            decode_tokens_per_busy_s=measured.decode_tokens_per_busy_s,
         )
 
     @property
@@ -196,7 +202,7 @@ class AsyncEngine:
                 started = time.monotonic()
                 outputs = await loop.run_in_executor(self._executor, self.engine.step)
                 ended = time.monotonic()
-                self._busy.append((ended, ended - started, len(outputs)))
+                self._busy.append((ended, ended - started, len(outputs), Step(ended - started, *self.engine.last_step_tokens)))
                 for out in outputs:
                     queue = self._streams.get(out.request_id)
                     if queue is not None:

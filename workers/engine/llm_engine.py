@@ -71,6 +71,7 @@ class LLMEngine:
         self.runner = ModelRunner(self.model_config, model, self.config)
         self._requests: dict[str, _Request] = {}
         self._arrivals = itertools.count()
+        self.last_step_tokens = (0, 0)  # prefill and decode tokens the last step computed
         self.eos_token_ids = frozenset(self.model_config.eos_token_ids) | (
             self.tokenizer.eos_token_ids if self.tokenizer else frozenset()
         )
@@ -195,6 +196,7 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         batch = self.scheduler.schedule()
+        self.last_step_tokens = (batch.num_prefill_tokens, batch.num_decode_tokens)  # for the step rates
         if not batch:
             return []
         for chunk in batch.chunks:
