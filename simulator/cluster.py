@@ -61,6 +61,10 @@ class SimOptions:
     sample_interval_s: float = 10.0
     backlog_timeout_s: float = 120.0  # a request waiting this long for any replica of its stage fails
     tokens_per_image: int = 576
+    # Monolithic replicas encode at most this many image tokens per iteration (whole requests,
+    # at least one); None: vLLM V1's rule, max(the iteration's token budget, one image's tokens);
+    # 0: every queued image at once (vLLM V0).
+    encoder_budget_tokens: int | None = None
     max_model_len: int | None = None
     enable_prefix_caching: bool = False  # traces carry no token contents to share
     autoscaler_overrides: dict = field(default_factory=dict)  # AutoscalerConfig fields
@@ -166,8 +170,11 @@ class SimCluster:
         if stage == "vision":
             replica: BaseReplica = VisionReplica(**common)
         else:
+            budget = self.options.encoder_budget_tokens
+            if budget is None:
+                budget = max(self.spec.engine.chunk_size, self.options.tokens_per_image)
             replica = SimReplica(**common, engine=self.engine_configs[stage], max_model_len=self.max_model_len,
-                                 encodes_images="vision" not in self.pools)
+                                 encodes_images="vision" not in self.pools, encoder_budget_tokens=budget)
         site.replicas[pool].append(replica)
         self._all_replicas.append(replica)
         if cold:

@@ -120,6 +120,7 @@ class SimReplica(BaseReplica):
     engine: EngineConfig = field(default_factory=EngineConfig)
     max_model_len: int = 0
     encodes_images: bool = False  # monolithic: run the vision encoder inside iterations
+    encoder_budget_tokens: int = 0  # monolithic: image tokens encoded per iteration at most (0: no bound)
 
     def __post_init__(self) -> None:
         cfg = self.engine
@@ -181,6 +182,20 @@ class SimReplica(BaseReplica):
         self._enqueue(req, seq)
         self._kick()
 
+    def _take_encoder_batch(self) -> list[SimRequest]:
+        """The queued image requests this iteration encodes: whole requests, first come first
+        served, while their image tokens fit the encoder budget (at least one request), as
+        vLLM V1 bounds each step's encoder work by max(token budget, largest item); 0 means
+        everything queued at once."""
+        taken, tokens = [], 0
+        while self._encode_queue:
+            req = self._encode_queue[0]
+            if taken and self.encoder_budget_tokens and tokens + req.image_tokens > self.encoder_budget_tokens:
+                break
+            taken.append(self._encode_queue.popleft())
+            tokens += req.image_tokens
+        return taken
+
     def _prompt_sequence(self, req: SimRequest) -> Sequence:
         """The request's prompt as the engine would queue it, with its class's priority and
         first-token deadline (the scheduler orders waiting work by them)."""
@@ -216,8 +231,7 @@ class SimReplica(BaseReplica):
             return
         encode_s, encoded = 0.0, []
         if self._encode_queue:
-            encoded = list(self._encode_queue)
-            self._encode_queue.clear()
+            encoded = self._take_encoder_batch()
             images = sum(r.trace.num_images for r in encoded)
             encode_s = self.cost.encode_time(images)
             for req in encoded:

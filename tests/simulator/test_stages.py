@@ -59,3 +59,21 @@ def test_the_control_round_sends_work_where_the_power_is_and_darkens_a_site_with
     assert all(r.site == "windy" for r in requests)
     assert all(r.outcome == "ok" for r in requests)
     assert any(d["kind"] == "scale_up" and d["target"] == "colocated@windy" for d in sim.decisions)
+
+
+@pytest.mark.parametrize("budget", [0, None])
+def test_a_monolithic_replica_bounds_the_images_it_encodes_per_iteration(budget):
+    """Three image requests at once: the first starts encoding alone; the other two wait. With
+    no bound both encode in the next iteration (vLLM V0); with V1's bound, max(token budget,
+    one image) = 256 tokens here, one request's 24 images (240 tokens) per iteration, so the
+    third is encoded an iteration after the second."""
+    spec = ClusterSpec.parse({"topology": "colocated", "pools": {"colocated": ONE},
+                              "engine": {"chunk_size": 256}})
+    sim = SimCluster(spec, COST, NET, SimOptions(autoscale=False, tokens_per_image=10, encoder_budget_tokens=budget))
+    trace = [TraceRequest(name, 0.0, 10, 2, num_images=24) for name in "abc"]
+    _, second, third = sim.run(trace)
+    if budget == 0:
+        assert third.first_token_s - second.first_token_s < 24 * 0.05  # encoded together; only a prefill chunk apart
+    else:
+        assert third.first_token_s - second.first_token_s >= 24 * 0.05  # its images came an iteration later
+    assert not check_no_leaks(sim)
