@@ -75,6 +75,11 @@ class AutoscalerConfig:
     # than a cold one: a replica started now serves nothing for its cold start (ModServe's GPUs
     # are scarce; trading a warm replica for a cold one must be worth it).
     warm_replica_bonus: float = 0.3
+    # A replica added now serves only after its cold start, so a queue is sized to drain within
+    # the TTFT SLO less the cold start, and never in more than this share of the SLO when the
+    # cold start takes longer than that (a burst outgrows a pool while its new replicas load).
+    cold_start_s: float = 30.0
+    min_drain_share: float = 0.25
 
     def __post_init__(self) -> None:
         if not 0 < self.scale_down_utilisation < self.scale_up_utilisation <= 1:

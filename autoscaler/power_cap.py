@@ -12,7 +12,7 @@ same choice instead of undoing it (ModServe: stages compete for one cluster's GP
 
 The first replica of every stage the topology needs, and of every pool with work, outranks
 everything else: half a pipeline serves nothing, and an encoder pool with images waiting is
-the only way those requests are served. Next come the replicas of pools still in their
+the only way those requests are served. Next come the replicas of pools that grew within their
 cool-down, which another pool's ask may not take (only a lack of power may). When even those do not fit, the whole site goes dark (it would still
 draw power). Power outranks a pool's minimum, and the reason says so.
 
@@ -50,7 +50,7 @@ def fit_to_power(
     """`needs` (pool@site -> replicas its measured load needs at the target utilisation) sets
     each replica's worth; without it every replica the plan asks for is worth the same.
     `protected` (pool@site -> replicas) are kept before any other pool's second replica: a
-    pool still in its cool-down after a change does not give replicas up to another pool's
+    pool still in its cool-down after growing does not give replicas up to another pool's
     ask (only to a lack of power), so two pools do not trade replicas back and forth."""
     targets = list(plan.targets)
     for name, site in sites.items():

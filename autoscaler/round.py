@@ -101,6 +101,7 @@ class RoundMemory:
     """What one round hands to the next."""
 
     last_change_s: dict[str, float] = field(default_factory=dict)  # pool@site -> when it last changed size
+    last_growth_s: dict[str, float] = field(default_factory=dict)  # pool@site -> when it last grew
     # The first round's time: a pool not changed since counts as changed then, so cool-downs
     # hold from the start and no pool shrinks for want of telemetry it has not had time to send.
     started_s: float | None = None
@@ -157,8 +158,10 @@ def plan_round(observation: Observation, memory: RoundMemory, settings: RoundSet
     if settings.power_aware and not snapshot.stale:  # no action on stale data, power included
         inputs = _site_inputs(observation.power_w, settings)
         needs = pool_needs(snapshot, config, now) if settings.autoscale else None
+        # A pool that grew within its cool-down keeps those replicas against another pool's ask
+        # (only power may take them), so two pools do not trade replicas back and forth.
         cooling = {key: n for key, n in observation.current.items()
-                   if now - memory.last_change_s.get(key, started) < config.cooldown_s}
+                   if now - memory.last_growth_s.get(key, -float("inf")) < config.cooldown_s}
         plan = fit_to_power(plan, inputs, settings.required_stages, needs, config.warm_replica_bonus, cooling)
         if inputs:
             routing, why, routing_changes, history = _plan_sites(
@@ -166,9 +169,11 @@ def plan_round(observation: Observation, memory: RoundMemory, settings: RoundSet
             )
 
     changes = plan.changes()
-    last_change = dict(memory.last_change_s)
+    last_change, last_growth = dict(memory.last_change_s), dict(memory.last_growth_s)
     for decision in changes:
         last_change[decision.target] = now
+        if decision.kind == "scale_up":
+            last_growth[decision.target] = now
     modes = _replica_modes(fresh, routing, settings) if settings.power_aware else {}
     return RoundResult(
         plan=plan,
@@ -177,7 +182,8 @@ def plan_round(observation: Observation, memory: RoundMemory, settings: RoundSet
         decisions=(*changes, *routing_changes),
         replica_modes=modes,
         measured=measured,
-        memory=RoundMemory(last_change_s=last_change, routing=routing, power_history=history, started_s=started),
+        memory=RoundMemory(last_change_s=last_change, last_growth_s=last_growth, routing=routing, power_history=history,
+                           started_s=started),
     )
 
 

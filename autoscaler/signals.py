@@ -46,11 +46,18 @@ def vision_load(
     queued = sum(h.queued_images for h in heartbeats)
     cost = config.encode_s_per_image
     slo = ttft_target(recent, pool, config)
+    drain = drain_s(slo, config)
     return Load(
-        queued * cost / slo + rate * cost,
-        f"{queued} images queued within the {slo:g} s TTFT SLO and {rate:.2f} images/s served, "
-        f"× {cost:.3f} s to encode each",
+        queued * cost / drain + rate * cost,
+        f"{queued} images queued, to drain within {drain:.3g} s of the {slo:g} s TTFT SLO, and {rate:.2f} images/s "
+        f"served, × {cost:.3f} s to encode each",
     )
+
+
+def drain_s(ttft_slo_s: float, config: AutoscalerConfig) -> float:
+    """How soon a stage's queue must drain: within the TTFT SLO less a new replica's cold start
+    (replicas added now help only after it), but no less than a share of the SLO."""
+    return max(ttft_slo_s - config.cold_start_s, config.min_drain_share * ttft_slo_s)
 
 
 def ttft_target(recent: Sequence[RequestRecord], pool: PoolConfig, config: AutoscalerConfig) -> float:
@@ -85,10 +92,11 @@ def prefill_load(
     queued = sum(h.queued_prefill_tokens for h in heartbeats)
     arriving = sum(r.prompt_tokens for r in recent) / config.request_window_s
     slo = ttft_target(recent, pool, config)
-    load = queued / (capacity * slo) + arriving / capacity
+    drain = drain_s(slo, config)
+    load = queued / (capacity * drain) + arriving / capacity
     return Load(
         load,
-        f"{queued} queued prefill tokens within the {slo:g} s TTFT SLO and {arriving:.0f} tokens/s "
+        f"{queued} queued prefill tokens to drain within {drain:.3g} s of the {slo:g} s TTFT SLO and {arriving:.0f} tokens/s "
         f"arriving, at {capacity:.0f} tokens/s per replica ({how})",
     )
 

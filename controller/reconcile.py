@@ -118,11 +118,14 @@ class Reconciler:
         restart causes no burst of actions."""
         routing = await self.store.read_routing()
         last_change: dict[str, float] = {}
+        last_growth: dict[str, float] = {}
         for decision in await self.store.recent_decisions(count=500):
             if decision.kind in ("scale_up", "scale_down"):
                 last_change[decision.target] = max(last_change.get(decision.target, 0.0), decision.timestamp_s)
-        self.memory = RoundMemory(last_change_s=last_change, routing=routing, power_history=self.memory.power_history,
-                                  started_s=self.memory.started_s)
+            if decision.kind == "scale_up":
+                last_growth[decision.target] = max(last_growth.get(decision.target, 0.0), decision.timestamp_s)
+        self.memory = RoundMemory(last_change_s=last_change, last_growth_s=last_growth, routing=routing,
+                                  power_history=self.memory.power_history, started_s=self.memory.started_s)
         self._memory_restored = True
 
     def plan(self, observation: Observation) -> RoundResult:

@@ -114,7 +114,8 @@ class SimCluster:
         self.entry_pool = "colocated" if spec.topology == "colocated" else "prefill"
         # The cost model's own costs are the profiled defaults a cold start plans with; once
         # replicas have worked, the round measures them from heartbeats as it does live.
-        autoscaler = {"encode_s_per_image": cost.encode_time(1), **options.autoscaler_overrides}
+        autoscaler = {"encode_s_per_image": cost.encode_time(1), "cold_start_s": options.cold_start_s,
+                      **options.autoscaler_overrides}
         self.controller = SimController(settings_from_spec(spec, autoscaler=autoscaler, planner=options.planner_overrides,
                                                            autoscale=options.autoscale, power_aware=options.power_aware))
         self.autoscaler_config = self.controller.settings.autoscaler

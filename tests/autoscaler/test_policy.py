@@ -22,6 +22,8 @@ def pools(*stages: str, max_replicas: int = 8) -> dict[str, PoolConfig]:
 
 
 def config(*stages: str, sites: tuple[str, ...] = ("a",), **overrides) -> AutoscalerConfig:
+    """Instant cold starts unless a test says otherwise: queues drain within the whole SLO."""
+    overrides.setdefault("cold_start_s", 0.0)
     return AutoscalerConfig(
         pools=pools(*(stages or ("vision", "prefill", "decode"))),
         sites=sites,
@@ -303,3 +305,19 @@ def test_a_stage_s_queue_is_held_to_the_tightest_slo_of_the_classes_it_serves():
     batch_only = [req(i, path="vision>prefill>decode", images=1, qos="batch") for i in range(5)]
     p = plan(snap([queued], batch_only), config("vision", encode_s_per_image=0.1), {"vision@a": 1}, NOW, LONG_AGO)
     assert p.desired["vision@a"] == 2  # 300 × 0.1 s within 30 s, + 0.1 replicas served: 1.1 of work
+
+
+def test_a_queue_drains_within_the_slo_less_a_new_replica_s_cold_start():
+    from dataclasses import replace
+
+    queued = replace(hb("vision", "v0", busy=1.0), queued_images=100)
+    sized = {}
+    for cold in (0.0, 8.0, 30.0):
+        p = plan(snap([queued], []), config("vision", encode_s_per_image=0.04, cold_start_s=cold), {"vision@a": 1}, NOW, LONG_AGO)
+        sized[cold] = p.desired["vision@a"]
+    # 100 × 0.04 s = 4 replica-seconds: over the 1 s SLO → 5 at 80%; a cold start of 8 s leaves
+    # at least a quarter of the SLO, 0.25 s → 16 replicas of work, capped at max_replicas 8.
+    assert sized == {0.0: 5, 8.0: 8, 30.0: 8}
+    assert "to drain within 0.25 s of the 1 s TTFT SLO" in plan(
+        snap([queued], []), config("vision", encode_s_per_image=0.04, cold_start_s=30.0), {"vision@a": 1}, NOW, LONG_AGO
+    ).target("vision@a").reason
