@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -340,3 +340,125 @@ def load_cost_model(text: str) -> CostModel:
             raise CostModelError(f"cost model {path.name}: {exc}") from None
     return LinearCostModel.from_profile_csv(path)
 
+
+
+# -- multimodal models: a vision encoder costed from its shape ------------------------------------------
+@dataclass(frozen=True, slots=True)
+class VisionEncoder:
+    """A ViT image encoder (and its projector into the language model), costed from its shape:
+    FLOPs for one image (or one tile) at a stated share of the GPU's dense peak, plus a stated
+    fixed overhead per image for preprocessing and kernel launches.
+
+    FLOPs of one pass: per layer and token, 2·(4·w² + 2·w·m) for the QKV/output projections and
+    the MLP (w the width, m the MLP width), plus 4·n·w per token for attention over the n
+    tokens; plus the projector's 2·(its weights) per output token."""
+
+    name: str
+    layers: int
+    width: int
+    mlp_width: int
+    tokens: int  # patches (and class token) of one image or tile
+    projector_weights: int  # weights of the adapter into the language model (multiply-adds per token)
+    projector_tokens: int  # tokens the projector runs on
+    source: str  # where the shape comes from
+    efficiency: float = 0.4  # share of the GPU's dense peak the encoder's GEMMs reach
+    overhead_s: float = 0.001  # per image/tile: preprocessing on the GPU, launches
+
+    @property
+    def parameters(self) -> int:
+        """Weights of the transformer layers and the projector (embeddings left out)."""
+        return self.layers * (4 * self.width**2 + 2 * self.width * self.mlp_width) + self.projector_weights
+
+    @property
+    def flops(self) -> float:
+        per_token_layer = 2.0 * (4 * self.width**2 + 2 * self.width * self.mlp_width) + 4.0 * self.tokens * self.width
+        return self.layers * self.tokens * per_token_layer + 2.0 * self.projector_weights * self.projector_tokens
+
+    def seconds(self, gpu: Gpu) -> float:
+        return self.flops / (gpu.peak_flops * self.efficiency) + self.overhead_s
+
+    def describe(self, gpu: Gpu) -> dict:
+        return {"name": self.name, "layers": self.layers, "width": self.width, "mlp_width": self.mlp_width,
+                "tokens": self.tokens, "parameters": self.parameters, "gflops": self.flops / 1e9,
+                "efficiency": self.efficiency, "overhead_s": self.overhead_s, "seconds": self.seconds(gpu),
+                "source": self.source}
+
+
+VISION_ENCODERS = {
+    # CLIP ViT-L/14 at 336 px: 24 layers, width 1024, MLP 4096 (Radford et al., "Learning Transferable
+    # Visual Models From Natural Language Supervision", 2021, table 20: ~304M parameters in the
+    # vision tower); (336/14)² = 576 patches + 1 class token. LLaVA-1.5's projector is a two-layer
+    # MLP 1024 → 4096 → 4096 over the 576 patch features (Liu et al., "Improved Baselines with
+    # Visual Instruction Tuning", 2023), hence 576 tokens per image in the language model.
+    "clip-vit-l-336": VisionEncoder(
+        "CLIP ViT-L/14-336 + LLaVA-1.5 MLP projector", layers=24, width=1024, mlp_width=4096, tokens=577,
+        projector_weights=1024 * 4096 + 4096 * 4096, projector_tokens=576,
+        source="CLIP (Radford et al. 2021, table 20); LLaVA-1.5 (Liu et al. 2023)"),
+    # Llama 3.2 Vision's encoder: a ViT-H/14 (32 layers, width 1280, MLP 5120) with 8 more gated
+    # "global" layers, 40 in all (~850M parameters: Llama 3 Herd of Models, Dubey et al. 2024,
+    # §7.2.1; shape from Hugging Face's MllamaVisionConfig); a tile is 560 px, (560/14)² = 1,600
+    # patches + 1 class token = 1,601 tokens; an image is up to 4 tiles. The projector maps the
+    # concatenated intermediate features (7,680 wide) to the language model's 4,096.
+    "mllama-vit-h-560": VisionEncoder(
+        "Llama 3.2 Vision ViT-H/14-560 (32 + 8 global layers) + projector", layers=40, width=1280, mlp_width=5120,
+        tokens=1601, projector_weights=7680 * 4096, projector_tokens=1601,
+        source="Llama 3 Herd of Models (Dubey et al. 2024, §7.2.1); Hugging Face MllamaVisionConfig"),
+}
+
+
+@dataclass(frozen=True)
+class MultimodalCostModel(GpuCostModel):
+    """A GPU model whose `encode_time` is its vision encoder's, costed from FLOPs.
+
+    An "image" here is whatever the encoder runs on once — one image for LLaVA, one tile for
+    Llama 3.2 Vision (the workload turns each image into its tiles) — and `tokens_per_image` is
+    what one such unit adds to the language model's prompt. `attention_layers` is how many
+    layers hold KV and run self-attention (a cross-attention model has more layers than that:
+    Llama 3.2 11B Vision's 40 = 32 self-attention + 8 cross-attention); the token-level
+    operators run over all `num_layers`."""
+
+    encoder: VisionEncoder | None = None
+    attention_layers: int | None = None
+    family: str = ""
+    notes: tuple[str, ...] = ()
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        layers = self.attention_layers or self.num_layers
+        return 2.0 * layers * self.n_kv_head * self.head_dim * 2
+
+    def batch_time(self, shape: BatchShape) -> float:
+        if self.attention_layers and self.attention_layers != self.num_layers and shape.prefill_attended:
+            # the parent counts prefill attention over num_layers; only attention_layers run it
+            shape = replace(shape, prefill_attended=shape.prefill_attended * self.attention_layers / self.num_layers)
+        return GpuCostModel.batch_time(self, shape)
+
+    def encode_time(self, num_images: int) -> float:
+        if self.encoder is None:
+            return GpuCostModel.encode_time(self, num_images)
+        return num_images * self.encoder.seconds(self.gpu)
+
+    def describe(self) -> dict:
+        out = GpuCostModel.describe(self)
+        out.update({"family": self.family, "attention_layers": self.attention_layers or self.num_layers,
+                    "encoder": self.encoder.describe(self.gpu) if self.encoder else None,
+                    "encode_s_per_unit": self.encode_time(1), "notes": list(self.notes)})
+        return out
+
+
+def multimodal_cost_model(gpu: str, model: str, encoder: str, *, tokens_per_image: int, num_layers: int = 32,
+                          attention_layers: int | None = None, family: str = "", notes: tuple[str, ...] = (),
+                          encoder_efficiency: float | None = None) -> MultimodalCostModel:
+    """A language model from the shared operator profiles with a vision encoder from `VISION_ENCODERS`."""
+    if encoder not in VISION_ENCODERS:
+        raise CostModelError(f"encoder: unknown {encoder!r}; choose one of {sorted(VISION_ENCODERS)}")
+    vision = VISION_ENCODERS[encoder]
+    if encoder_efficiency is not None:
+        if not 0 < encoder_efficiency <= 1:
+            raise CostModelError(f"encoder_efficiency: must lie in (0, 1], got {encoder_efficiency}")
+        vision = replace(vision, efficiency=encoder_efficiency)
+    if tokens_per_image < 0:
+        raise CostModelError(f"tokens_per_image: must be >= 0, got {tokens_per_image}")
+    lm = MultimodalCostModel.from_profiles(gpu, model, num_layers=num_layers)
+    return replace(lm, name=f"{gpu}-{family or model}", encoder=vision, attention_layers=attention_layers,
+                   tokens_per_image=tokens_per_image, family=family, notes=notes)
