@@ -46,6 +46,9 @@ from workers.engine.config import EngineConfig
 from workers.engine.step_rates import rate
 
 
+ROUTINGS = ("blended", "planned", "least_loaded", "static")
+
+
 @dataclass(frozen=True)
 class SimOptions:
     cold_start_s: float = 30.0
@@ -71,6 +74,10 @@ class SimOptions:
     planner_overrides: dict = field(default_factory=dict)  # PlannerSettings fields
     qos_admission: bool = True  # admit as one ingress replica would (429s recorded as rejected)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"routing: must be one of {ROUTINGS}, got {self.routing!r}")
 
 
 @dataclass(slots=True)
@@ -268,6 +275,8 @@ class SimCluster:
         """What a live site's heartbeats say of its entry stage: queued prefill tokens over the
         replicas' throughput (the cost model's full-chunk rate at each replica's clock)."""
         replicas = [r for r in site.replicas.get(self.entry_pool, ()) if r.accepting]
+        if not replicas:  # only replicas still starting: nothing is served before their cold start ends
+            return SiteLoad(wait_s=self.options.cold_start_s)
         rate = sum(r.speed for r in replicas) * self._prefill_rate
         queued = sum(r.queued_prefill_tokens for r in replicas)
         holders = [r for p in ("decode", "colocated") for r in site.replicas.get(p, ()) if r.accepting]
