@@ -3,9 +3,9 @@
 It follows the planner's shares, but reacts between plans:
 - power: a site whose available power has dropped below what its running replicas draw gets
   no new work at once (its replicas are about to be shed), and its share goes to the others;
-- load (given `load`): two candidate sites are drawn by the planned shares and the request
-  goes to the one whose entry stage would make it wait less (power of two choices: the plan
-  sets the proportions, live queues correct them); when even that site would make it wait
+- load (given `load`): one candidate site is drawn by the planned shares, a second among all
+  powered sites, and the request goes to the one whose entry stage would make it wait less
+  (power of two choices: the plan sets where traffic starts, live queues correct it); when even that site would make it wait
   longer than `spill_wait_s`, it spills to the powered site with the shortest wait. A forecast
   planner alone is blind to queues between plans, and a least-loaded router alone is blind to
   the power coming; the blend keeps both (XWind reports the reactive router beating a
@@ -89,7 +89,10 @@ def choose_site(
         site = _draw(usable, uniform)
         reason = f"planned share {usable[site] / total:.0%} of {qos_class!r}"
         if load is not None:
-            site, reason = _less_loaded(site, _draw(usable, second), reason, power, load, spill_wait_s)
+            # The second candidate is any powered site, equally likely: the plan sets where most
+            # traffic starts, live queues decide whether a site the plan left idle takes some.
+            powered = {s: 1.0 for s, p in power.items() if p.powered}
+            site, reason = _less_loaded(site, _draw(powered, second), reason, power, load, spill_wait_s)
         if dropped:
             reason += f"; {', '.join(dropped)} skipped: power below what its replicas draw"
         return SiteChoice(site, reason)
