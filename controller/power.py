@@ -1,8 +1,8 @@
 """Each site's available power now, from the source its spec names: a constant, a replayed
 trace, or a meter's readings in Redis — and the planner's view of each site built from it.
 
-Constant and trace sources are published to Redis here, so the ingress and `pavana status`
-see every site's power the same way; a meter writes its own `SitePower` records.
+Constant and trace sources are published to Redis by the reconcile loop, so the ingress and
+`pavana status` see every site's power the same way; a meter writes its own `SitePower` records.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import time
 
-from autoscaler.site_planner import SiteInput
-from cluster.power_modes import Mode
 from cluster.records import SitePower, TelemetrySnapshot
 from cluster.spec import ClusterSpec, ConstantPower, RedisPower, TracePower
 
@@ -40,22 +38,23 @@ class PowerSources:
         reading = snapshot.site_power.get(site)
         return reading.available_w if reading is not None else None
 
-    def published(self, snapshot: TelemetrySnapshot, now_s: float) -> list[SitePower]:
-        """Records for the sources Pavana itself evaluates (a meter publishes its own)."""
-        return [
-            SitePower(site=s.name, available_w=w, timestamp_s=now_s, source=s.power.kind)
-            for s in self.spec.sites
-            if not isinstance(s.power, RedisPower) and (w := self.available_w(s.name, snapshot, now_s)) is not None
-        ]
-
-    def site_inputs(self, snapshot: TelemetrySnapshot, now_s: float) -> dict[str, SiteInput]:
-        """The planner's view of every site whose power is known."""
-        inputs = {}
+    def available(self, snapshot: TelemetrySnapshot, now_s: float) -> dict[str, float]:
+        """Watts each site may draw now, for the sites whose power is known (a round's
+        `Observation.power_w`)."""
+        power = {}
         for site in self.spec.sites:
             watts = self.available_w(site.name, snapshot, now_s)
             if watts is None:
                 log.info("site %s: no power reading yet; not capped this round", site.name)
                 continue
-            modes = tuple(Mode(m.name, m.power_w, m.throughput_fraction) for m in site.power_modes)
-            inputs[site.name] = SiteInput(site.name, watts, modes, site.max_replicas, site.latency_ms)
-        return inputs
+            power[site.name] = watts
+        return power
+
+    def published(self, power_w: dict[str, float], now_s: float) -> list[SitePower]:
+        """Records for the sources Pavana itself evaluates (a meter publishes its own), from
+        the power a round observed."""
+        return [
+            SitePower(site=s.name, available_w=power_w[s.name], timestamp_s=now_s, source=s.power.kind)
+            for s in self.spec.sites
+            if not isinstance(s.power, RedisPower) and s.name in power_w
+        ]

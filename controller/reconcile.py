@@ -94,15 +94,14 @@ class Reconciler:
 
     def observation(self, snapshot, current: dict[str, int], now_s: float) -> Observation:
         """An observation from a snapshot and replica counts: each site's power evaluated now."""
-        power = {s.name: w for s in self.spec.sites if (w := self.power.available_w(s.name, snapshot, now_s)) is not None}
-        return Observation(now_s=now_s, snapshot=snapshot, current=dict(current), power_w=power)
+        return Observation(now_s=now_s, snapshot=snapshot, current=dict(current), power_w=self.power.available(snapshot, now_s))
 
     async def act(self, observation: Observation, result: RoundResult) -> bool:
         """Publish the plans for the autoscaling hook, the site router and the replicas, and
         record each decision with its reason. False when Redis could not take them: then
         nothing was enacted and the round's memory is not kept."""
         routing = [result.routing] if result.replanned and result.routing else []
-        power = self.power.published(observation.snapshot, observation.now_s)
+        power = self.power.published(observation.power_w, observation.now_s)
         try:
             await self.store.write_batch([result.plan, *result.decisions, *power, *routing])
         except ConnectionError as exc:

@@ -173,7 +173,7 @@ class SimCluster:
         stage = self.pools[pool].stage
         mode = full_mode(site.modes)
         common = dict(replica_id=f"{pool}@{site.name}#{self._ids}", stage=stage, site=site.name, loop=self.loop,
-                      cost=self.cost, sink=self, power_w=mode.power_w, speed=mode.throughput_fraction,
+                      cost=self.cost, sink=self, mode=mode.name, power_w=mode.power_w, speed=mode.throughput_fraction,
                       started_s=self.loop.now, ready=not cold)
         if stage == "vision":
             replica: BaseReplica = VisionReplica(**common)
@@ -453,7 +453,7 @@ class SimCluster:
         reported = [rid for rid, _ in alive if rid in assigned]
         for rid, r in alive:
             mode = by_name[assigned[rid]] if rid in assigned else mode_for_replica(rid, reported, site.modes, counts)
-            r.power_w, r.speed = mode.power_w, mode.throughput_fraction
+            r.mode, r.power_w, r.speed = mode.name, mode.power_w, mode.throughput_fraction
 
     def _heartbeat(self, pool: str, r: BaseReplica, interval: float, now: float) -> ReplicaHeartbeat:
         busy = min(1.0, r.acct.busy_s / interval)
@@ -461,7 +461,7 @@ class SimCluster:
             a = r.acct
             hb = ReplicaHeartbeat(pool, r.stage, r.site, r.replica_id, r.num_waiting, r.num_running, r.queued_prefill_tokens,
                                   r.block_manager.num_free_blocks, r.block_manager.num_blocks, a.tokens / interval,
-                                  busy, r.power_w, now, power_mode=self._mode_name(r),
+                                  busy, r.power_w, now, power_mode=r.mode,
                                   prefill_tokens_per_busy_s=rate(a.prefill_tokens, a.prefill_s),
                                   decode_tokens_per_busy_s=rate(a.decode_tokens, a.decode_s))
         else:
@@ -526,10 +526,6 @@ class SimCluster:
             for req in victim.kill():
                 if req.outcome is None:
                     self._fail(req, "failed", f"power cut at {site.name}")
-
-    def _mode_name(self, r: BaseReplica) -> str:
-        site = self.sites[r.site]
-        return next((m.name for m in site.modes if m.power_w == r.power_w and m.throughput_fraction == r.speed), "")
 
     # -- metrics over time ----------------------------------------------------------------------------------
     def _sample(self) -> None:

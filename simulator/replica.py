@@ -76,6 +76,7 @@ class BaseReplica:
     loop: EventLoop
     cost: CostModel
     sink: ReplicaSink
+    mode: str = ""  # the power mode it runs in
     power_w: float = 0.0
     speed: float = 1.0  # throughput fraction of the power mode it runs in
     started_s: float = 0.0

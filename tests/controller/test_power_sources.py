@@ -22,9 +22,11 @@ def test_each_kind_of_source():
     assert sources.available_w("grid", snapshot(), 10.0) == 5000
     assert sources.available_w("metered", snapshot(), 10.0) is None  # no reading yet
     assert sources.available_w("metered", snapshot(metered=1200.0), 10.0) == 1200.0
-    inputs = sources.site_inputs(snapshot(), 10.0)
-    assert set(inputs) == {"grid"} and inputs["grid"].modes[0].power_w == 300.0
-    published = sources.published(snapshot(metered=1.0), 10.0)
+    assert sources.available(snapshot(), 10.0) == {"grid": 5000}
+    from autoscaler.round import settings_from_spec
+
+    assert settings_from_spec(spec).site("grid").modes[0].power_w == 300.0  # the planner's view of its modes
+    published = sources.published(sources.available(snapshot(metered=1.0), 10.0), 10.0)
     assert [(p.site, p.available_w, p.source) for p in published] == [("grid", 5000, "constant")]
 
 
