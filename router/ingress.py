@@ -1,11 +1,9 @@
 """The router's front door: one Ray Serve deployment serving the OpenAI HTTP API and Pavana's
 gRPC API, in front of the stage pools.
 
-HTTP routes are FastAPI under `@serve.ingress`; the gRPC methods are plain methods of the same
-class, which Ray Serve's gRPC proxy calls by name (`/pavana.v1.Pavana/Generate` calls
-`Generate`) with the request proto and a `grpc_context`; streaming methods are async
-generators. The standard health service (`grpc.health.v1.Health`) is registered on the proxy
-the same way (`controller/serving.py`), so `Check`, `Watch` and `List` are methods here too.
+HTTP routes are FastAPI under `@serve.ingress`, here; the gRPC methods (`router/grpc_service.py`)
+are mixed into the same class, which Ray Serve's gRPC proxy calls by name. Response bodies and
+stream chunks are built by `router/formats.py`.
 
 Every request goes validate ▸ authenticate ▸ prepare (`router/prompt.py`) ▸ pick a site ▸
 orchestrate the stages (`router/orchestrator.py`). Errors become OpenAI's error body over HTTP
@@ -15,7 +13,6 @@ and a gRPC status code over gRPC, from the one mapping in `router/errors.py`.
 import asyncio
 import dataclasses
 import importlib
-import json
 import logging
 import random
 import time
@@ -23,11 +20,9 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from grpc_health.v1 import health_pb2
 from pydantic import BaseModel, ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -44,43 +39,23 @@ from router.errors import (
     ErrorResponse,
     error_body,
     from_validation_errors,
-    grpc_code_name,
-    invalid_request,
     to_error_response,
 )
-from router.limits import RequestLimitsMiddleware, check_grpc_message
+from router.formats import SSE_DONE, ChatFormat, Collected, CompletionFormat, sse
+from router.grpc_service import GRPCMethods
+from router.limits import RequestLimitsMiddleware
 from router.orchestrator import Orchestrator, SitePools, within
 from router.prompt import ModelFacts, PreparedRequest, PromptBuilder, model_facts
-from router.proto import pavana_pb2 as pb
-from router.proto.lenient import Malformed
+from router.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from router.request_telemetry import measured
 from router.site_router import SPILL_SHARE_OF_TTFT, NoPoweredSite, choose_site
 from router.site_view import SiteView, build_view
-from router.protocol import (
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    ChatCompletionResponse,
-    ChatResponseMessage,
-    CompletionChoice,
-    CompletionRequest,
-    CompletionResponse,
-    CompletionStreamResponse,
-    DeltaMessage,
-    ModelCard,
-    ModelList,
-    UsageInfo,
-)
 from workers.requests import TokenChunk
 
 log = logging.getLogger(__name__)
 
-GRPC_SERVICE = "pavana.v1.Pavana"
 READINESS_TIMEOUT_S = 5.0
 READINESS_CACHE_S = 1.0
-HEALTH_WATCH_PERIOD_S = 5.0
-GRPC_DEFAULT_MAX_TOKENS = 16
 SITE_VIEW_REFRESH_S = 0.5
 
 app = FastAPI(title="Pavana", description="OpenAI-compatible API of a Pavana cluster", docs_url=None, redoc_url=None)
@@ -110,128 +85,13 @@ def _validated(model: type[BaseModel], data: bytes | dict[str, Any]) -> Any:
         raise from_validation_errors(list(exc.errors())) from None
 
 
-def _sse(payload: BaseModel | dict[str, Any]) -> str:
-    data = payload.model_dump_json(exclude_none=False) if isinstance(payload, BaseModel) else json.dumps(payload)
-    return f"data: {data}\n\n"
-
-
-SSE_DONE = "data: [DONE]\n\n"
-
-
 def _load_object(path: str) -> Any:
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
 
 
-def _refuse_malformed(request: Any) -> None:
-    """Bytes that did not parse reach the ingress as `Malformed` (`router/proto/lenient.py`)."""
-    if isinstance(request, Malformed):
-        raise invalid_request(f"request: not a valid {request.message_type} message ({request.reason})", param="request")
-
-
 def _no_console() -> JSONResponse:
     return JSONResponse(error_body("This deployment serves no operator console.", NOT_FOUND), status_code=404)
-
-
-class _GRPCFailure(Exception):
-    """Raised by a streaming gRPC method after setting the status on its context: the proxy
-    applies a context's status only with a message or an exception, and an error has no
-    message to send."""
-
-
-class _Collected:
-    """A finished generation, gathered from its token chunks."""
-
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self.token_ids: list[int] = []
-        self.finish_reason: str | None = None
-
-    def add(self, chunk: TokenChunk) -> None:
-        self.text.append(chunk.text)
-        self.token_ids.extend(chunk.token_ids)
-        if chunk.finished:
-            self.finish_reason = chunk.finish_reason
-
-
-def _grpc_usage(num_prompt_tokens: int, num_output_tokens: int) -> pb.Usage:
-    return pb.Usage(prompt_tokens=num_prompt_tokens, completion_tokens=num_output_tokens, total_tokens=num_prompt_tokens + num_output_tokens)
-
-
-def _set_grpc_error(grpc_context: Any, exc: BaseException) -> None:
-    err = to_error_response(exc)
-    grpc_context.set_code(getattr(grpc.StatusCode, grpc_code_name(err.status)))
-    grpc_context.set_details(err.message)
-    if "Retry-After" in err.headers:
-        grpc_context.set_trailing_metadata([("retry-after", err.headers["Retry-After"])])
-
-
-# -- response shapes ------------------------------------------------------------------------------
-class _CompletionFormat:
-    """`/v1/completions` bodies and chunks for one request."""
-
-    def __init__(self, request_id: str, model: str, num_prompt_tokens: int) -> None:
-        self.request_id = request_id
-        self.model = model
-        self.num_prompt_tokens = num_prompt_tokens
-        self.created = int(time.time())
-
-    def response(self, collected: _Collected) -> CompletionResponse:
-        return CompletionResponse(
-            id=self.request_id,
-            created=self.created,
-            model=self.model,
-            choices=[CompletionChoice(text="".join(collected.text), finish_reason=collected.finish_reason)],
-            usage=UsageInfo.of(self.num_prompt_tokens, len(collected.token_ids)),
-        )
-
-    def start(self) -> list[BaseModel]:
-        return []
-
-    def chunk(self, chunk: TokenChunk) -> list[BaseModel]:
-        finish = chunk.finish_reason if chunk.finished else None
-        if not chunk.text and finish is None:  # a token whose text is held back: nothing to say yet
-            return []
-        choice = CompletionChoice(text=chunk.text, finish_reason=finish)
-        return [CompletionStreamResponse(id=self.request_id, created=self.created, model=self.model, choices=[choice])]
-
-    def usage_chunk(self, num_output_tokens: int) -> BaseModel:
-        return CompletionStreamResponse(
-            id=self.request_id, created=self.created, model=self.model, choices=[],
-            usage=UsageInfo.of(self.num_prompt_tokens, num_output_tokens),
-        )
-
-
-class _ChatFormat(_CompletionFormat):
-    """`/v1/chat/completions` bodies and chunks: the role first, then content deltas."""
-
-    def response(self, collected: _Collected) -> ChatCompletionResponse:  # type: ignore[override]
-        return ChatCompletionResponse(
-            id=self.request_id,
-            created=self.created,
-            model=self.model,
-            choices=[ChatChoice(message=ChatResponseMessage(content="".join(collected.text)), finish_reason=collected.finish_reason)],
-            usage=UsageInfo.of(self.num_prompt_tokens, len(collected.token_ids)),
-        )
-
-    def _chunk(self, delta: DeltaMessage, finish: str | None = None) -> ChatCompletionChunk:
-        choice = ChatChunkChoice(delta=delta, finish_reason=finish)
-        return ChatCompletionChunk(id=self.request_id, created=self.created, model=self.model, choices=[choice])
-
-    def start(self) -> list[BaseModel]:
-        return [self._chunk(DeltaMessage(role="assistant", content=""))]
-
-    def chunk(self, chunk: TokenChunk) -> list[BaseModel]:
-        finish = chunk.finish_reason if chunk.finished else None
-        if not chunk.text and finish is None:
-            return []
-        return [self._chunk(DeltaMessage(content=chunk.text or None), finish)]
-
-    def usage_chunk(self, num_output_tokens: int) -> BaseModel:
-        return ChatCompletionChunk(
-            id=self.request_id, created=self.created, model=self.model, choices=[],
-            usage=UsageInfo.of(self.num_prompt_tokens, num_output_tokens),
-        )
 
 
 # Everything the class uses is defined above it: `@serve.ingress` snapshots the class with
@@ -242,7 +102,7 @@ class _ChatFormat(_CompletionFormat):
 
 
 @serve.ingress(app)
-class Ingress:
+class Ingress(GRPCMethods):
     def __init__(self, spec: dict[str, Any], pools: dict[str, dict[str, Any]], console: str | None = None) -> None:
         """`console` is the import path (`module:Class`) of the operator console that serves
         `/dashboard` and `/metrics`; the controller passes its own, so the router never
@@ -376,11 +236,11 @@ class Ingress:
 
     @app.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
-        return await self._serve_http(request, CompletionRequest, "cmpl", self.prompts.completion, _CompletionFormat)
+        return await self._serve_http(request, CompletionRequest, "cmpl", self.prompts.completion, CompletionFormat)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
-        return await self._serve_http(request, ChatCompletionRequest, "chatcmpl", self.prompts.chat, _ChatFormat)
+        return await self._serve_http(request, ChatCompletionRequest, "chatcmpl", self.prompts.chat, ChatFormat)
 
     async def _serve_http(
         self,
@@ -388,7 +248,7 @@ class Ingress:
         body_type: type[BaseModel],
         id_prefix: str,
         prepare: Callable[[Any, str], PreparedRequest],
-        format_type: type[_CompletionFormat],
+        format_type: type[CompletionFormat],
     ) -> Response:
         stream: AsyncIterator[TokenChunk] | None = None
         try:
@@ -399,7 +259,7 @@ class Ingress:
             stream = self._generate(prepared)
             fmt = format_type(prepared.request.request_id, body.model, prepared.request.num_prompt_tokens)
             if not body.stream:
-                collected = _Collected()
+                collected = Collected()
                 async for chunk in stream:
                     collected.add(chunk)
                 return JSONResponse(fmt.response(collected).model_dump())
@@ -419,26 +279,26 @@ class Ingress:
 
     @staticmethod
     async def _sse_stream(
-        fmt: _CompletionFormat, first: TokenChunk, rest: AsyncIterator[TokenChunk], include_usage: bool
+        fmt: CompletionFormat, first: TokenChunk, rest: AsyncIterator[TokenChunk], include_usage: bool
     ) -> AsyncIterator[str]:
         """OpenAI's chunks, a final usage chunk, then `[DONE]`; an error after the stream began
         is sent as an SSE error event, and `[DONE]` still ends the stream."""
         num_output_tokens = 0
         try:
             for event in fmt.start():
-                yield _sse(event)
+                yield sse(event)
             chunk: TokenChunk | None = first
             while chunk is not None:
                 num_output_tokens += len(chunk.token_ids)
                 for event in fmt.chunk(chunk):
-                    yield _sse(event)
+                    yield sse(event)
                 chunk = await anext(rest, None)
             if include_usage:
-                yield _sse(fmt.usage_chunk(num_output_tokens))
+                yield sse(fmt.usage_chunk(num_output_tokens))
         except Exception as exc:
             err = to_error_response(exc)
             log.warning("stream %s failed after it began: %s", fmt.request_id, err.message)
-            yield _sse(err.body)
+            yield sse(err.body)
         finally:
             await rest.aclose()
         yield SSE_DONE
@@ -514,63 +374,6 @@ class Ingress:
         await within(handle.record_routing_stats.remote(), READINESS_TIMEOUT_S)
         return True
 
-    # -- gRPC: pavana.v1.Pavana ----------------------------------------------------------------
-    async def Generate(self, request: pb.GenerateRequest, grpc_context: Any) -> pb.GenerateResponse:
-        try:
-            prepared = self._prepare_grpc(request, grpc_context)
-            collected = _Collected()
-            async for chunk in self._generate(prepared):
-                collected.add(chunk)
-        except Exception as exc:
-            _set_grpc_error(grpc_context, exc)
-            return pb.GenerateResponse()
-        return pb.GenerateResponse(
-            id=prepared.request.request_id,
-            text="".join(collected.text),
-            token_ids=collected.token_ids,
-            finish_reason=collected.finish_reason or "",
-            usage=_grpc_usage(prepared.request.num_prompt_tokens, len(collected.token_ids)),
-        )
-
-    async def GenerateStream(self, request: pb.GenerateRequest, grpc_context: Any) -> AsyncIterator[pb.GenerateResponse]:
-        stream: AsyncIterator[TokenChunk] | None = None
-        try:
-            prepared = self._prepare_grpc(request, grpc_context)
-            num_output_tokens = 0
-            stream = self._generate(prepared)
-            async for chunk in stream:
-                num_output_tokens += len(chunk.token_ids)
-                message = pb.GenerateResponse(id=prepared.request.request_id, text=chunk.text, token_ids=chunk.token_ids)
-                if chunk.finished:
-                    message.finish_reason = chunk.finish_reason or ""
-                    message.usage.CopyFrom(_grpc_usage(prepared.request.num_prompt_tokens, num_output_tokens))
-                yield message
-        except Exception as exc:
-            _set_grpc_error(grpc_context, exc)
-            raise _GRPCFailure(grpc_context.details()) from None
-        finally:
-            if stream is not None:
-                await stream.aclose()
-
-    async def ListModels(self, request: pb.ListModelsRequest, grpc_context: Any) -> pb.ListModelsResponse:
-        try:
-            self.keys.check_grpc(grpc_context.invocation_metadata())
-            _refuse_malformed(request)
-        except APIError as exc:
-            _set_grpc_error(grpc_context, exc)
-            return pb.ListModelsResponse()
-        model = pb.Model(id=self.facts.name, owned_by="pavana", max_model_len=self.facts.max_model_len, vision=self.facts.vision)
-        return pb.ListModelsResponse(models=[model])
-
-    def _prepare_grpc(self, request: pb.GenerateRequest, grpc_context: Any) -> PreparedRequest:
-        """A gRPC request through the same checks as HTTP (API key, QoS class from the metadata,
-        then the equivalent OpenAI body)."""
-        metadata = list(grpc_context.invocation_metadata())
-        key = self.keys.check_grpc(metadata)
-        _refuse_malformed(request)
-        requested = next((str(v) for k, v in metadata if k.lower() == QOS_HEADER), None)
-        return self._classed(self._prepare_grpc_body(request), self._qos_class(requested, key))
-
     def _qos_class(self, requested: str | None, key: str | None) -> str:
         key_class = self.spec.api_key_classes.get(key) if key else None
         return resolve_class(requested, key_class, self.class_policies, self.spec.default_qos_class)
@@ -583,63 +386,3 @@ class Ingress:
         )
         return dataclasses.replace(prepared, request=request)
 
-    def _prepare_grpc_body(self, request: pb.GenerateRequest) -> PreparedRequest:
-        """The gRPC request as the equivalent OpenAI body, through the same checks as HTTP.
-        Unset proto fields take Pavana's defaults: greedy, 16 new tokens."""
-        check_grpc_message(request.ByteSize())
-        s = request.sampling
-        fields: dict[str, Any] = {
-            "model": request.model or self.facts.name,
-            "max_tokens": s.max_tokens if s.HasField("max_tokens") else GRPC_DEFAULT_MAX_TOKENS,
-            "temperature": s.temperature if s.HasField("temperature") else 0.0,
-            "top_p": s.top_p if s.HasField("top_p") else None,
-            "top_k": s.top_k if s.HasField("top_k") else None,
-            "seed": s.seed if s.HasField("seed") else None,
-            "stop": list(s.stop) or None,
-            "ignore_eos": s.ignore_eos,
-        }
-        kind = request.WhichOneof("input")
-        if kind == "text":
-            body = _validated(CompletionRequest, {**fields, "prompt": request.text})
-            return self.prompts.completion(body, f"cmpl-{uuid.uuid4().hex}")
-        if kind == "token_ids":
-            body = _validated(CompletionRequest, {**fields, "prompt": list(request.token_ids.ids)})
-            return self.prompts.completion(body, f"cmpl-{uuid.uuid4().hex}")
-        if kind == "chat":
-            messages = [{"role": m.role, "content": m.content} for m in request.chat.messages]
-            body = _validated(ChatCompletionRequest, {**fields, "messages": messages})
-            return self.prompts.chat(body, f"chatcmpl-{uuid.uuid4().hex}")
-        raise invalid_request("input: set one of text, token_ids or chat", param="input")
-
-    # -- gRPC: grpc.health.v1.Health -----------------------------------------------------------
-    # Probes send no API key: health answers without one, and says no more than the status.
-    async def Check(self, request: health_pb2.HealthCheckRequest, grpc_context: Any) -> health_pb2.HealthCheckResponse:
-        if request.service not in ("", GRPC_SERVICE):
-            grpc_context.set_code(grpc.StatusCode.NOT_FOUND)
-            grpc_context.set_details(f"unknown service {request.service!r}; this server serves '{GRPC_SERVICE}'")
-            return health_pb2.HealthCheckResponse()
-        return health_pb2.HealthCheckResponse(status=await self._health_status())
-
-    async def Watch(self, request: health_pb2.HealthCheckRequest, grpc_context: Any) -> AsyncIterator[health_pb2.HealthCheckResponse]:
-        if request.service not in ("", GRPC_SERVICE):
-            # The health protocol's Watch answers SERVICE_UNKNOWN rather than failing.
-            yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
-            return
-        last = None
-        while True:
-            status = await self._health_status()
-            if status != last:
-                yield health_pb2.HealthCheckResponse(status=status)
-                last = status
-            await asyncio.sleep(HEALTH_WATCH_PERIOD_S)
-
-    async def List(self, request: health_pb2.HealthListRequest, grpc_context: Any) -> health_pb2.HealthListResponse:
-        status = await self._health_status()
-        response = health_pb2.HealthListResponse()
-        for name in ("", GRPC_SERVICE):
-            response.statuses[name].status = status
-        return response
-
-    async def _health_status(self) -> int:
-        ready, _ = await self._pools_ready()
-        return health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -317,7 +317,8 @@ def test_any_configured_key_is_accepted():
 # -- the ingress's SSE writer -------------------------------------------------------------------
 def test_an_error_after_the_stream_began_ends_it_with_an_error_event():
     """The SSE writer given a stream that fails midway: an error event, then [DONE]."""
-    from router.ingress import Ingress, _CompletionFormat
+    from router.formats import CompletionFormat
+    from router.ingress import Ingress
     from workers.requests import TokenChunk
 
     async def failing():
@@ -325,7 +326,7 @@ def test_an_error_after_the_stream_began_ends_it_with_an_error_event():
         raise RuntimeError("decode replica died")
 
     async def collect():
-        fmt = _CompletionFormat("r", "m", 3)
+        fmt = CompletionFormat("r", "m", 3)
         first = TokenChunk("r", [6], "a")
         return [event async for event in Ingress._sse_stream(fmt, first, failing(), True)]
 
