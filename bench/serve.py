@@ -61,6 +61,8 @@ def validate(options: ServeOptions) -> dict[str, float]:
         raise WorkloadError("give --trace FILE or --rate R (or both: the trace's lengths at synthetic arrivals)")
     if options.duration_s is None and options.num_requests is None and options.trace is None:
         raise WorkloadError("give --duration S or --num-requests N for synthetic arrivals")
+    if options.trace is None and options.duration_s is not None and options.num_requests is not None:
+        raise WorkloadError("give either --duration S or --num-requests N for synthetic arrivals, not both")
     if options.arrivals not in ("poisson", "gamma"):
         raise WorkloadError(f"arrivals: must be 'poisson' or 'gamma', got {options.arrivals!r}")
     if options.warmup < 0:
@@ -104,7 +106,10 @@ def build_requests(options: ServeOptions, tokenizer: TextTokenizer, model: str, 
             workload.update(arrivals="trace", rate_scale=options.rate_scale,
                             offered_rate_rps=(len(arrivals) - 1) / span if span > 0 else None)
         else:
-            arrivals = synthetic_arrivals(options.arrivals, options.rate, count=count or len(rows), duration_s=options.duration_s, cv=options.cv, seed=options.seed)
+            # The trace's lengths (cycled) at synthetic arrivals: as many as its rows, unless a
+            # duration or a number of requests says otherwise.
+            synthetic_count = None if options.duration_s is not None else (count or len(rows))
+            arrivals = synthetic_arrivals(options.arrivals, options.rate, count=synthetic_count, duration_s=options.duration_s, cv=options.cv, seed=options.seed)
     else:
         lengths = [(options.prompt_tokens, options.output_tokens)]
         arrivals = synthetic_arrivals(options.arrivals, options.rate, count=count, duration_s=options.duration_s, cv=options.cv, seed=options.seed)
