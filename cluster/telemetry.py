@@ -9,6 +9,11 @@ Layout under a configurable prefix `P` (so tests and clusters never collide):
     P plan                         string, JSON Plan
     P routing                      string, JSON RoutingPlan (the power planner's shares and modes)
 
+`pavana up` scopes every record to its run: it serves under `P run:<run id>:` and points
+`P current-run` (JSON {run_id, started_s}) at that run, so `pavana status` and the dashboard
+never show heartbeats, requests or decisions of clusters long gone; earlier runs' keys are left
+to expire (`EARLIER_RUNS_TTL_S`).
+
 A Redis outage must never fail a request (DESIGN.md, Telemetry): writers drop and count,
 readers serve the last good snapshot marked stale, and both retry after a backoff that grows
 while Redis stays away, so a dead server costs one failed connect per backoff, not one per call.
@@ -17,6 +22,7 @@ while Redis stays away, so a dead server costs one failed connect per backoff, n
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -50,6 +56,14 @@ T = TypeVar("T")
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, TimeoutError)
 _GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "\\*?[]"})
+
+
+EARLIER_RUNS_TTL_S = 24 * 3600  # an earlier run's records stay readable this long after a new run starts
+
+
+def run_prefix(base: str, run_id: str) -> str:
+    """The key prefix of one run of a cluster whose spec names `base`."""
+    return f"{base.removesuffix(':')}:run:{run_id}"
 
 
 class TelemetryUnavailable(ConnectionError):
@@ -287,6 +301,44 @@ class TelemetryStore:
                 self.rejected_records += 1
                 log.warning("telemetry: unreadable record skipped", extra={"error": str(exc)})
         return records
+
+    # -- runs -----------------------------------------------------------------------------------
+    @property
+    def current_run_key(self) -> str:
+        return self.prefix + "current-run"
+
+    async def start_run(self, run_id: str, started_s: float) -> int:
+        """Point this (base) prefix at a new run, and let the keys of earlier runs expire in
+        `EARLIER_RUNS_TTL_S`; returns how many keys were set to expire."""
+
+        async def start(client: Redis) -> int:
+            pattern = self.prefix.translate(_GLOB_SPECIAL) + "run:*"
+            mine = run_prefix(self.prefix, run_id) + ":"
+            earlier = [key async for key in client.scan_iter(match=pattern, count=1000) if not key.startswith(mine)]
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.set(self.current_run_key, json.dumps({"run_id": run_id, "started_s": started_s}))
+                for key in earlier:
+                    pipe.expire(key, EARLIER_RUNS_TTL_S)
+                await pipe.execute()
+            return len(earlier)
+
+        return await self._run(start)
+
+    async def current_run(self) -> tuple[str, float] | None:
+        """The run this (base) prefix points at, as (run id, start time), or None."""
+
+        async def read(client: Redis) -> tuple[str, float] | None:
+            raw = await client.get(self.current_run_key)
+            if raw is None:
+                return None
+            try:
+                value = json.loads(raw)
+                return str(value["run_id"]), float(value["started_s"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("telemetry: unreadable run pointer at %s", self.current_run_key)
+                return None
+
+        return await self._run(read)
 
     async def clear(self) -> int:
         """Delete every key under this store's prefix (tests, `pavana down`); returns the count."""

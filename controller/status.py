@@ -5,6 +5,7 @@ machine that reaches the cluster's Redis."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from cluster.records import Decision, Plan, RequestRecord, TelemetrySnapshot
 from cluster.spec import ClusterSpec
-from cluster.telemetry import TelemetryStore, TelemetryUnavailable
+from cluster.telemetry import TelemetryStore, TelemetryUnavailable, run_prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,31 @@ def slo_attainment(records: tuple[RequestRecord, ...], spec: ClusterSpec) -> lis
     return result
 
 
-async def read_status(spec: ClusterSpec) -> tuple[TelemetrySnapshot, Plan | None, list[Decision]]:
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """Which run of the cluster the status shows (`pavana up` scopes telemetry per run)."""
+
+    run_id: str | None  # None: the spec's own prefix (a cluster not started by `pavana up`)
+    started_s: float | None = None
+
+
+async def current_run(spec: ClusterSpec) -> tuple[ClusterSpec, RunInfo]:
+    """The spec scoped to the run its prefix points at, if any."""
+    base = TelemetryStore.from_spec(spec)
+    try:
+        run = await base.current_run()
+    except TelemetryUnavailable:
+        run = None
+    finally:
+        await base.close()
+    if run is None:
+        return spec, RunInfo(None)
+    run_id, started_s = run
+    return spec.model_copy(update={"telemetry_prefix": run_prefix(spec.telemetry_prefix, run_id)}), RunInfo(run_id, started_s)
+
+
+async def read_status(spec: ClusterSpec) -> tuple[TelemetrySnapshot, Plan | None, list[Decision], RunInfo]:
+    spec, run = await current_run(spec)
     store = TelemetryStore.from_spec(spec)
     try:
         snapshot = await store.snapshot()
@@ -51,14 +76,35 @@ async def read_status(spec: ClusterSpec) -> tuple[TelemetrySnapshot, Plan | None
             plan, decisions = await store.read_plan(), await store.recent_decisions(10)
         except TelemetryUnavailable:
             plan, decisions = None, []
-        return snapshot, plan, decisions
+        return snapshot, plan, decisions, run
     finally:
         await store.close()
 
 
-def render(spec: ClusterSpec, snapshot: TelemetrySnapshot, plan: Plan | None, decisions: list[Decision], console: Console) -> None:
+def age(seconds: float) -> str:
+    """'42 s ago', '3 min ago', '2 h ago'."""
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.0f} h ago"
+
+
+def render(
+    spec: ClusterSpec,
+    snapshot: TelemetrySnapshot,
+    plan: Plan | None,
+    decisions: list[Decision],
+    run: RunInfo,
+    console: Console,
+    now_s: float | None = None,
+) -> None:
+    now_s = time.time() if now_s is None else now_s
     if snapshot.stale:
         console.print(f"[yellow]Redis at {spec.redis_url} is unreachable: no telemetry[/yellow]")
+    if run.run_id is not None and run.started_s is not None:
+        console.print(f"Run {run.run_id}, started {age(now_s - run.started_s)}")
     running: dict[str, int] = {}
     for hb in snapshot.heartbeats:
         running[hb.pool_key] = running.get(hb.pool_key, 0) + 1
@@ -72,7 +118,9 @@ def render(spec: ClusterSpec, snapshot: TelemetrySnapshot, plan: Plan | None, de
             t = targets.get(key)
             pools.add_row(key, str(running.get(key, 0)), str(t.desired) if t else "-", t.reason if t else "no plan yet")
     console.print(pools)
-    slo = Table(title=f"SLO attainment (last {len(snapshot.requests)} requests)")
+    oldest = min((r.timestamp_s for r in snapshot.requests), default=None)
+    since = f", the oldest {age(now_s - oldest)}" if oldest is not None else ""
+    slo = Table(title=f"SLO attainment (last {len(snapshot.requests)} requests{since})")
     for col in ("class", "requests", "within SLO"):
         slo.add_column(col)
     for a in slo_attainment(snapshot.requests, spec):
@@ -80,12 +128,13 @@ def render(spec: ClusterSpec, snapshot: TelemetrySnapshot, plan: Plan | None, de
     console.print(slo)
     if decisions:
         table = Table(title="Last decisions")
-        for col in ("kind", "target", "change", "reason"):
+        for col in ("when", "kind", "target", "change", "reason"):
             table.add_column(col)
         for d in decisions:
-            table.add_row(d.kind, d.target, f"{d.before} → {d.after}", d.reason)
+            table.add_row(age(now_s - d.timestamp_s), d.kind, d.target, f"{d.before} → {d.after}", d.reason)
         console.print(table)
 
 
 def status(spec: ClusterSpec, console: Console) -> None:
-    render(spec, *asyncio.run(read_status(spec)), console=console)
+    snapshot, plan, decisions, run = asyncio.run(read_status(spec))
+    render(spec, snapshot, plan, decisions, run, console)

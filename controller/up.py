@@ -61,6 +61,30 @@ def with_operator_token(spec: ClusterSpec) -> ClusterSpec:
     return spec.model_copy(update={"operator_token": token})
 
 
+def with_run_scope(spec: ClusterSpec, *, now_s: float | None = None) -> ClusterSpec:
+    """This run's telemetry under its own prefix, and the spec's prefix pointed at it
+    (`cluster/telemetry.py`): status and the dashboard then show this run alone."""
+    import asyncio
+
+    from cluster.telemetry import TelemetryStore, TelemetryUnavailable, run_prefix
+
+    started_s = time.time() if now_s is None else now_s
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started_s)) + "-" + secrets.token_hex(3)
+
+    async def point() -> None:
+        store = TelemetryStore.from_spec(spec)
+        try:
+            await store.start_run(run_id, started_s)
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(point())
+    except TelemetryUnavailable as exc:  # telemetry never stops serving; status will say it lacks the pointer
+        log.warning("telemetry: cannot record the run %s: %s", run_id, exc)
+    return spec.model_copy(update={"telemetry_prefix": run_prefix(spec.telemetry_prefix, run_id)})
+
+
 def redis_answers(url: str) -> bool:
     import redis
 
@@ -137,6 +161,7 @@ def up(spec: ClusterSpec, *, address: str | None = None, insecure: bool = False,
     spec, api_key = with_api_key(spec, insecure=insecure)
     spec = with_operator_token(spec)
     spec, redis_proc = ensure_redis(spec)
+    spec = with_run_scope(spec)
     start_ray(spec, address)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
