@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.protocol import ErrorBody, ErrorInfo
+from router.protocol import UNSUPPORTED_FIELDS, ErrorBody, ErrorInfo
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +83,33 @@ def from_validation_errors(errors: list[dict[str, Any]]) -> APIError:
         if where in lines:  # a union's other members failing too: the first reason is enough
             continue
         is_union_member = len(path) < len(loc)
-        reason = f"matches none of its accepted forms (as {loc[len(path)]}: {err.get('msg')})" if is_union_member else err.get("msg")
+        if err.get("type") == "extra_forbidden":
+            reason = _unknown_field_reason(path)
+        elif is_union_member:
+            reason = f"matches none of its accepted forms (as {loc[len(path)]}: {err.get('msg')})"
+        else:
+            reason = err.get("msg")
         lines[where] = f"{where}: {reason}" if where else str(reason)
     first_loc = [part for part in errors[0].get("loc", ()) if part != "body"]
     param = _format_loc(_field_path(first_loc)) or None
     return invalid_request("; ".join(lines.values()), param=param)
 
 
+def _unknown_field_reason(path: list[Any]) -> str:
+    """Why a field the request models do not declare is refused: OpenAI's fields that Pavana
+    does not implement say so; anything else is unknown (misspelt, or another server's)."""
+    if len(path) == 1 and path[0] in UNSUPPORTED_FIELDS:
+        return f"{UNSUPPORTED_FIELDS[path[0]]} (Pavana refuses what it does not implement rather than ignoring it)"
+    return "unknown field; Pavana refuses fields it does not implement rather than ignoring them"
+
+
 def _field_path(loc: list[Any]) -> list[Any]:
-    # pydantic appends union members and discriminator tags (`str`, `list[int]`, `text`) to a
-    # location; a client wants the field it sent.
+    # pydantic appends union members and discriminator tags (`str`, `list[int]`, `text`,
+    # a model's class name such as `NamedToolChoice`) to a location; a client wants the field
+    # it sent. OpenAI's field names are all lower case.
     path: list[Any] = []
     for part in loc:
-        if isinstance(part, str) and ("[" in part or part in _TYPE_TAGS):
+        if isinstance(part, str) and ("[" in part or part in _TYPE_TAGS or part[:1].isupper()):
             break
         path.append(part)
     return path
