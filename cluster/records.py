@@ -19,7 +19,8 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 # 2: heartbeats carry images_per_s and queued_images (a vision replica's measured cost and
 # queue) and a language-model replica's prefill and decode rates.
-SCHEMA_VERSION = 2
+# 3: request records carry the client's `user` (OpenAI's end-user id).
+SCHEMA_VERSION = 3
 
 Outcome = Literal["ok", "error", "rejected", "aborted"]
 # scale_*: a pool@site changes size; reroute: a class's share of traffic at a site changes
@@ -113,6 +114,8 @@ class RequestRecord:
     outcome: Outcome
     timestamp_s: float
     num_images: int = 0
+    # The `user` a client sent (OpenAI's end-user id, for tracing abuse to an end user); None without one.
+    user: str | None = None
 
     __pydantic_config__ = _STRICT_FIELDS
 

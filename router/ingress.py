@@ -5,9 +5,15 @@ HTTP routes are FastAPI under `@serve.ingress`, here; the gRPC methods (`router/
 are mixed into the same class, which Ray Serve's gRPC proxy calls by name. Response bodies and
 stream chunks are built by `router/formats.py`.
 
-Every request goes validate ▸ authenticate ▸ prepare (`router/prompt.py`) ▸ pick a site ▸
-orchestrate the stages (`router/orchestrator.py`). Errors become OpenAI's error body over HTTP
-and a gRPC status code over gRPC, from the one mapping in `router/errors.py`.
+Every request goes validate ▸ authenticate ▸ prepare (`router/prompt.py`) ▸ admit ▸ pick a
+site ▸ orchestrate the stages (`router/orchestrator.py`), once per choice (`router/choices.py`).
+Errors become OpenAI's error body over HTTP and a gRPC status code over gRPC, from the one
+mapping in `router/errors.py`.
+
+The pipeline's transport-neutral steps are methods both transports call:
+`PromptBuilder.chat` / `.completion` (prepare), `Ingress._classed` (QoS class, with `priority`),
+`Ingress.generate_choices` (admit and run all choices, as (index, TokenChunk) pairs), and the
+formats of `router/formats.py` with `Ingress.texts` (token strings for logprobs).
 """
 
 import asyncio
@@ -39,14 +45,27 @@ from router.errors import (
     ErrorResponse,
     error_body,
     from_validation_errors,
+    invalid_request,
     to_error_response,
 )
-from router.formats import SSE_DONE, ChatFormat, Collected, CompletionFormat, sse
+from router.choices import copies, fan_out
+from router.formats import SSE_DONE, ChatFormat, CompletionFormat, format_for, sse
 from router.grpc_service import GRPCMethods
 from router.limits import RequestLimitsMiddleware
+from router.logprobs import TokenTexts
 from router.orchestrator import Orchestrator, SitePools, within
+from router.priority import class_for_priority
 from router.prompt import ModelFacts, PreparedRequest, PromptBuilder, model_facts
-from router.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from router.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 from router.request_telemetry import measured
 from router.site_router import SPILL_SHARE_OF_TTFT, NoPoweredSite, choose_site
 from router.site_view import SiteView, build_view
@@ -115,6 +134,7 @@ class Ingress(GRPCMethods):
             allow_remote_image_urls=self.spec.allow_remote_image_urls,
             qos_class=self.spec.default_qos_class,
         )
+        self.texts = TokenTexts(self.tokenizer)
         self.keys = APIKeys(self.spec.api_keys)
         self.admission = AdmissionControl.from_spec(self.spec)
         self.class_policies = self.admission.policies
@@ -242,6 +262,30 @@ class Ingress(GRPCMethods):
     async def chat_completions(self, request: Request) -> Response:
         return await self._serve_http(request, ChatCompletionRequest, "chatcmpl", self.prompts.chat, ChatFormat)
 
+    # vLLM's tokenizer endpoints, beside /v1 as vLLM serves them.
+    @app.post("/tokenize")
+    async def tokenize(self, request: Request) -> Response:
+        try:
+            self.keys.check_http(request.headers.get("authorization"))
+            body = _validated(TokenizeRequest, await request.body())
+            tokens = self.prompts.tokenize(body)
+        except Exception as exc:
+            return _json_error(to_error_response(exc))
+        strs = [self.texts.token_str(t) for t in tokens] if body.return_token_strs else None
+        return JSONResponse(TokenizeResponse(count=len(tokens), max_model_len=self.facts.max_model_len, tokens=tokens, token_strs=strs).model_dump())
+
+    @app.post("/detokenize")
+    async def detokenize(self, request: Request) -> Response:
+        try:
+            self.keys.check_http(request.headers.get("authorization"))
+            body = _validated(DetokenizeRequest, await request.body())
+            if body.model is not None:
+                self.prompts.check_model(body.model)
+            text = self.prompts.detokenize(body.tokens)
+        except Exception as exc:
+            return _json_error(to_error_response(exc))
+        return JSONResponse(DetokenizeResponse(prompt=text).model_dump())
+
     async def _serve_http(
         self,
         request: Request,
@@ -250,19 +294,18 @@ class Ingress(GRPCMethods):
         prepare: Callable[[Any, str], PreparedRequest],
         format_type: type[CompletionFormat],
     ) -> Response:
-        stream: AsyncIterator[TokenChunk] | None = None
+        stream: AsyncIterator[tuple[int, TokenChunk]] | None = None
         try:
             key = self.keys.check_http(request.headers.get("authorization"))
             qos_class = self._qos_class(request.headers.get(QOS_HEADER), key)
             body = _validated(body_type, await request.body())
             prepared = self._classed(prepare(body, f"{id_prefix}-{uuid.uuid4().hex}"), qos_class)
-            stream = self._generate(prepared)
-            fmt = format_type(prepared.request.request_id, body.model, prepared.request.num_prompt_tokens)
+            fmt = format_for(format_type, prepared, body.model, self.texts)
+            stream = self.generate_choices(prepared)
             if not body.stream:
-                collected = Collected()
-                async for chunk in stream:
-                    collected.add(chunk)
-                return JSONResponse(fmt.response(collected).model_dump())
+                async for index, chunk in stream:
+                    fmt.add(index, chunk)
+                return JSONResponse(fmt.response().model_dump())
             # The first chunk is awaited before the response starts, so that an error in any
             # stage up to the first token still gets its own HTTP status.
             first = await anext(stream)
@@ -270,7 +313,7 @@ class Ingress(GRPCMethods):
             if stream is not None:
                 await stream.aclose()
             return _json_error(to_error_response(exc))
-        include_usage = body.stream_options is None or body.stream_options.include_usage
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
         return StreamingResponse(
             self._sse_stream(fmt, first, stream, include_usage),
             media_type="text/event-stream",
@@ -279,22 +322,24 @@ class Ingress(GRPCMethods):
 
     @staticmethod
     async def _sse_stream(
-        fmt: CompletionFormat, first: TokenChunk, rest: AsyncIterator[TokenChunk], include_usage: bool
+        fmt: CompletionFormat,
+        first: tuple[int, TokenChunk],
+        rest: AsyncIterator[tuple[int, TokenChunk]],
+        include_usage: bool,
     ) -> AsyncIterator[str]:
-        """OpenAI's chunks, a final usage chunk, then `[DONE]`; an error after the stream began
-        is sent as an SSE error event, and `[DONE]` still ends the stream."""
-        num_output_tokens = 0
+        """OpenAI's chunks, the usage chunk when the client asked for it
+        (`stream_options.include_usage`), then `[DONE]`; an error after the stream began is sent
+        as an SSE error event, and `[DONE]` still ends the stream."""
         try:
             for event in fmt.start():
                 yield sse(event)
-            chunk: TokenChunk | None = first
-            while chunk is not None:
-                num_output_tokens += len(chunk.token_ids)
-                for event in fmt.chunk(chunk):
+            item: tuple[int, TokenChunk] | None = first
+            while item is not None:
+                for event in fmt.chunk(*item):
                     yield sse(event)
-                chunk = await anext(rest, None)
+                item = await anext(rest, None)
             if include_usage:
-                yield sse(fmt.usage_chunk(num_output_tokens))
+                yield sse(fmt.usage_chunk())
         except Exception as exc:
             err = to_error_response(exc)
             log.warning("stream %s failed after it began: %s", fmt.request_id, err.message)
@@ -303,37 +348,60 @@ class Ingress(GRPCMethods):
             await rest.aclose()
         yield SSE_DONE
 
-    async def _generate(self, prepared: PreparedRequest) -> AsyncIterator[TokenChunk]:
-        """Admit (`router/admission.py`), pick a site, run the stages; the admission slot is
-        held until the stream ends."""
+    async def generate_choices(self, prepared: PreparedRequest) -> AsyncIterator[tuple[int, TokenChunk]]:
+        """Every chunk of a request's `n` choices as (choice index, chunk), for both transports.
+
+        The request is admitted (`router/admission.py`) once per choice, all or none before
+        anything runs, so that a choice is never refused after others have begun; the slots
+        are held until the whole request ends. Copy 0 runs first and the others follow its
+        first token, to prefill from its cached prompt (`router/choices.py`)."""
         qos_class = prepared.request.qos_class
+        admitted = 0
         try:
-            self.admission.admit(qos_class)
+            for _ in range(prepared.n):
+                self.admission.admit(qos_class)
+                admitted += 1
         except Overloaded:  # counted: the autoscaler and the dashboard see refusals per class
+            for _ in range(admitted):
+                self.admission.release(qos_class)
             refused = RequestRecord(
                 request_id=prepared.request.request_id, qos_class=qos_class, site="", pool_path="", ttft_s=None,
                 tbt_p50_s=None, tbt_p99_s=None, prompt_tokens=prepared.request.num_prompt_tokens, output_tokens=0,
-                outcome="rejected", timestamp_s=time.time(), num_images=len(prepared.images),
+                outcome="rejected", timestamp_s=time.time(), num_images=len(prepared.images), user=prepared.user,
             )
             self._publish(refused)
             if self.dashboard is not None:
                 self.dashboard.metrics.count(refused)
             raise
-        stages = self._run_stages(prepared)
+        requests = copies(prepared.request, prepared.n)
+        choices = fan_out(lambda i: self._run_stages(dataclasses.replace(prepared, request=requests[i])), prepared.n)
         try:
-            async for chunk in stages:
+            async for item in choices:
+                yield item
+        finally:
+            await choices.aclose()
+            for _ in range(admitted):
+                self.admission.release(qos_class)
+
+    async def _generate(self, prepared: PreparedRequest) -> AsyncIterator[TokenChunk]:
+        """The chunks of a request of one choice (`generate_choices` serves any `n`)."""
+        if prepared.n != 1:
+            raise invalid_request(f"n: this call serves one choice, got {prepared.n}", param="n")
+        choices = self.generate_choices(prepared)
+        try:
+            async for _, chunk in choices:
                 yield chunk
         finally:
-            await stages.aclose()
-            self.admission.release(qos_class)
+            await choices.aclose()
 
     async def _run_stages(self, prepared: PreparedRequest) -> AsyncIterator[TokenChunk]:
         site = await self.pick_site(prepared)
         stages = ["vision"] if prepared.images else []
         stages += ["prefill", "decode"] if self.orchestrator.sites[site].disaggregated else ["colocated"]
+        user = prepared.user
         stream = measured(
             self.orchestrator.generate(prepared.request, prepared.images, site),
-            self._publish,
+            self._publish if user is None else (lambda record: self._publish(dataclasses.replace(record, user=user))),
             request_id=prepared.request.request_id,
             qos_class=prepared.request.qos_class,
             site=site,
@@ -379,7 +447,9 @@ class Ingress(GRPCMethods):
         return resolve_class(requested, key_class, self.class_policies, self.spec.default_qos_class)
 
     def _classed(self, prepared: PreparedRequest, qos_class: str) -> PreparedRequest:
-        """Stamp the class, its priority and its first-token deadline on the request."""
+        """Stamp the class (demoted by the request's own `priority`, `router/priority.py`), its
+        priority and its first-token deadline on the request."""
+        qos_class = class_for_priority(qos_class, prepared.priority, self.class_policies)
         slo = self.spec.qos_class(qos_class).slo
         request = dataclasses.replace(
             prepared.request, qos_class=qos_class, priority=self.class_policies[qos_class].priority, deadline_s=time.time() + slo.ttft_s

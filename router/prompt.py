@@ -1,32 +1,44 @@
 """From an OpenAI request to what the pools run: a `GenerateRequest` and the images' bytes.
 
 Everything a client can get wrong is found here, before any pool sees the request, and
-refused with a 400 that names the field (`param`): prompt forms, sampling ranges, the context
-length, image URLs. The checks follow OpenAI's API where it has one and vLLM's where OpenAI is
-silent (`top_k`, `ignore_eos`).
+refused with a 400 that names the field (`param`): prompt forms, sampling ranges
+(`router/sampling.py`), the context length, image URLs, tools (`router/tools.py`) and
+response formats (`router/response_format.py`). The checks follow OpenAI's API where it has
+one and vLLM's where OpenAI is silent (`top_k`, `min_p`, `ignore_eos`, `priority`).
+
+Both transports prepare requests here: HTTP with the bodies as clients send them, gRPC with
+the equivalent body built from its proto.
 
 No Ray here: the ingress calls this, and so do unit tests, with a tokenizer and `ModelFacts`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from router.admission import QOS_HEADER
+from router.choices import MAX_CHOICES
 from router.errors import APIError, invalid_request, model_not_found
 from router.limits import DEFAULT_LIMITS, RequestLimits, check_image_urls, check_prompt_chars, prompt_char_limit
-from router.protocol import ChatCompletionRequest, CompletionRequest, ImagePart, TextPart
+from router.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, ImagePart, TextPart, TokenizeRequest
+from router.response_format import response_format_grammar
+from router.sampling import SEED_RANGE, chat_logprobs, completion_logprobs, sampling_params
+from router.tools import NO_TOOLS, ToolPlan, ToolSetup, check_functions, prepare_tools, render_conversation
 from workers.engine.block_manager import prefix_block_hashes
-from workers.engine.sampling import MIN_SAMPLING_TEMPERATURE, MIN_TOP_P, SamplingParams
+from workers.engine.sampling import SamplingParams
 from workers.requests import GenerateRequest, ImageInput
 
-MAX_STOP_STRINGS = 4  # OpenAI's limit
-MAX_TEMPERATURE = 2.0  # OpenAI's range is [0, 2]
 _REMOTE_SCHEMES = ("http://", "https://")
+MAX_USER_CHARS = 256  # `user` is recorded with every request; an id, not a document
+MAX_METADATA_PAIRS = 16  # OpenAI's limits for `metadata`
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +89,15 @@ def model_facts(
 
 @dataclass(frozen=True, slots=True)
 class PreparedRequest:
+    """A request ready for the pools, and what its response needs beyond the engine's tokens."""
+
     request: GenerateRequest
     images: list[bytes]
+    n: int = 1  # choices: copies of `request` (router/choices.py)
+    echo: str | None = None  # completions with `echo`: the prompt's text, before each choice's
+    tools: ToolPlan | None = None  # chat with tools: how calls are read from the output
+    user: str | None = None  # recorded with the request's telemetry
+    priority: int | None = None  # vLLM's `priority`, applied to the QoS class (router/priority.py)
 
 
 class PromptBuilder:
@@ -109,20 +128,84 @@ class PromptBuilder:
 
     def completion(self, body: CompletionRequest, request_id: str) -> PreparedRequest:
         self.check_model(body.model)
-        _refuse_unsupported_completion_fields(body)
+        n = _choices(body)
+        _refuse_unsupported_completion_fields(body, n)
         token_ids = self._completion_prompt(body.prompt)
         self._check_prompt_fits(token_ids, "prompt")
         max_tokens = self._max_tokens(body.max_tokens, "max_tokens", len(token_ids))
-        return self._prepared(request_id, token_ids, body, max_tokens, images=[], spans=())
+        logprobs = completion_logprobs(body)
+        params = sampling_params(
+            body, max_tokens, vocab_size=self.facts.vocab_size, logprobs=logprobs, prompt_logprobs=logprobs if body.echo else None
+        )
+        echo = self._prompt_text(body.prompt) if body.echo else None
+        prepared = self._prepared(request_id, token_ids, params, images=[], spans=())
+        return dataclasses.replace(prepared, n=n, echo=echo, user=_user(body), priority=body.priority)
 
     def chat(self, body: ChatCompletionRequest, request_id: str) -> PreparedRequest:
         self.check_model(body.model)
+        n = _choices(body)
         _refuse_unsupported_chat_fields(body)
-        messages, image_urls = _chat_messages(body)
+        setup = prepare_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
+        grammar = response_format_grammar(body.response_format)
+        if grammar is not None and setup.plan is not None:
+            raise invalid_request(
+                "response_format: a JSON response format cannot be combined with tools unless tool_choice is 'none'",
+                param="response_format",
+            )
+        token_ids, images, spans = self._chat_prompt(body.messages, setup, add_generation_prompt=True)
+        if body.max_completion_tokens is not None:
+            max_tokens = self._max_tokens(body.max_completion_tokens, "max_completion_tokens", len(token_ids))
+        else:
+            max_tokens = self._max_tokens(body.max_tokens, "max_tokens", len(token_ids))
+        params = sampling_params(
+            body, max_tokens, vocab_size=self.facts.vocab_size, logprobs=chat_logprobs(body),
+            grammar=grammar or setup.grammar, extra_stop=setup.stop,
+        )
+        prepared = self._prepared(request_id, token_ids, params, images=images, spans=spans)
+        return dataclasses.replace(prepared, n=n, tools=setup.plan, user=_user(body), priority=body.priority)
+
+    def tokenize(self, body: TokenizeRequest) -> list[int]:
+        """vLLM's `/tokenize`: a prompt's tokens, or the tokens `/v1/chat/completions` would
+        run for `messages` (tools and images included)."""
+        if body.model is not None:
+            self.check_model(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            raise invalid_request("prompt: send exactly one of prompt and messages", param="prompt")
+        if body.prompt is not None:
+            if body.tools is not None:
+                raise invalid_request("tools: only with messages", param="tools")
+            check_prompt_chars(len(body.prompt), self.max_prompt_chars, param="prompt", max_model_len=self.facts.max_model_len)
+            return list(self.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens is not False))
+        if body.add_special_tokens:
+            raise invalid_request(
+                "add_special_tokens: messages are tokenized as the chat endpoint runs them (the template's own special "
+                "tokens, one BOS); send false or leave it out",
+                param="add_special_tokens",
+            )
+        if not body.messages:
+            raise invalid_request("messages: must not be empty", param="messages")
+        setup = ToolSetup(functions=check_functions(body.tools)) if body.tools else NO_TOOLS
+        token_ids, _, _ = self._chat_prompt(body.messages, setup, add_generation_prompt=body.add_generation_prompt)
+        return token_ids
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        vocab = self.facts.vocab_size
+        bad = [t for t in token_ids if not 0 <= t < vocab]
+        if bad:
+            raise invalid_request(f"tokens: token ids must lie in [0, {vocab}); got {bad[0]}", param="tokens")
+        return self.tokenizer.decode(list(token_ids))
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def _chat_prompt(
+        self, chat_messages: Sequence[ChatMessage], setup: ToolSetup, *, add_generation_prompt: bool
+    ) -> tuple[list[int], list[bytes], tuple[ImageInput, ...]]:
+        """The prompt's token ids (images expanded), the images' bytes and their placement."""
+        messages, image_urls = _chat_messages(chat_messages)
+        messages = render_conversation(messages, chat_messages, setup)
         check_image_urls(image_urls, self.limits)
         # Measured on the rendered prompt: thousands of empty messages are short as text but
         # long once the template adds each one's role markers.
-        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
         check_prompt_chars(len(rendered), self.max_prompt_chars, param="messages", max_model_len=self.facts.max_model_len)
         images = [self.decode_image(url, param) for url, param in image_urls]
         if images and not self.facts.vision:
@@ -131,16 +214,17 @@ class PromptBuilder:
                 param=image_urls[0][1],
                 code="images_not_supported",
             )
-        token_ids = list(self.tokenizer.encode_chat(messages, add_generation_prompt=True))
+        token_ids = list(self.tokenizer.encode_chat(messages, add_generation_prompt=add_generation_prompt))
         token_ids, spans = self._expand_images(token_ids, images)
         self._check_prompt_fits(token_ids, "messages")
-        if body.max_completion_tokens is not None:
-            max_tokens = self._max_tokens(body.max_completion_tokens, "max_completion_tokens", len(token_ids))
-        else:
-            max_tokens = self._max_tokens(body.max_tokens, "max_tokens", len(token_ids))
-        return self._prepared(request_id, token_ids, body, max_tokens, images=images, spans=spans)
+        return token_ids, images, spans
 
-    # -- pieces ---------------------------------------------------------------------------------
+    def _prompt_text(self, prompt: str | list[str] | list[int] | list[list[int]]) -> str:
+        """What `echo` sends back: the prompt as the client wrote it, or its tokens' text."""
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+            prompt = prompt[0]
+        return prompt if isinstance(prompt, str) else self.tokenizer.decode(list(prompt))  # type: ignore[arg-type]
+
     def _completion_prompt(self, prompt: str | list[str] | list[int] | list[list[int]]) -> list[int]:
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
             prompt = prompt[0]  # a batch of one is the prompt itself
@@ -236,8 +320,9 @@ class PromptBuilder:
         expanded.extend(token_ids[start:])
         return expanded, tuple(spans)
 
-    def _prepared(self, request_id: str, token_ids: list[int], body: Any, max_tokens: int, *, images: list[bytes], spans: tuple[ImageInput, ...]) -> PreparedRequest:
-        params = sampling_params(body, max_tokens)
+    def _prepared(
+        self, request_id: str, token_ids: list[int], params: SamplingParams, *, images: list[bytes], spans: tuple[ImageInput, ...]
+    ) -> PreparedRequest:
         # Prefix hashes for replica affinity cover the text before the first image: blocks
         # holding image tokens are keyed by the image too, which this text-only hash cannot say.
         text_prefix = token_ids[: spans[0].offset] if spans else token_ids
@@ -250,40 +335,6 @@ class PromptBuilder:
             prefix_hashes=tuple(prefix_block_hashes(text_prefix, self.facts.block_size)),
         )
         return PreparedRequest(request, images)
-
-
-def sampling_params(body: CompletionRequest | ChatCompletionRequest, max_tokens: int) -> SamplingParams:
-    """OpenAI's sampling fields as engine `SamplingParams`; ranges checked with the field named."""
-    if body.n not in (None, 1):
-        raise invalid_request(f"n: only n=1 is supported, got {body.n}", param="n")
-    temperature = 1.0 if body.temperature is None else body.temperature
-    if not 0.0 <= temperature <= MAX_TEMPERATURE:
-        raise invalid_request(f"temperature: must be in [0, {MAX_TEMPERATURE:g}], got {temperature}", param="temperature")
-    if 0.0 < temperature < MIN_SAMPLING_TEMPERATURE:
-        temperature = MIN_SAMPLING_TEMPERATURE
-    top_p = 1.0 if body.top_p is None else body.top_p
-    if not 0.0 < top_p <= 1.0:
-        raise invalid_request(f"top_p: must be in (0, 1], got {top_p}", param="top_p")
-    top_p = max(top_p, MIN_TOP_P)
-    top_k = 0 if body.top_k in (None, -1) else body.top_k
-    if top_k < 0:  # type: ignore[operator]
-        raise invalid_request(f"top_k: must be -1 or 0 (off) or a positive integer, got {top_k}", param="top_k")
-    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if len(stop) > MAX_STOP_STRINGS:
-        raise invalid_request(f"stop: at most {MAX_STOP_STRINGS} stop strings, got {len(stop)}", param="stop")
-    if any(not s for s in stop):
-        raise invalid_request("stop: stop strings must not be empty", param="stop")
-    if body.seed is not None and not -(2**63) <= body.seed < 2**64:
-        raise invalid_request(f"seed: must fit in 64 bits, got {body.seed}", param="seed")
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_k=top_k,  # type: ignore[arg-type]
-        top_p=top_p,
-        seed=body.seed,
-        stop=tuple(stop),
-        ignore_eos=body.ignore_eos,
-    )
 
 
 def _check_image_header(data: bytes) -> None:
@@ -307,12 +358,12 @@ def _check_image_header(data: bytes) -> None:
         raise ImageError(f"image is {width}x{height} pixels; the limit is {MAX_IMAGE_PIXELS} pixels")
 
 
-def _chat_messages(body: ChatCompletionRequest) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+def _chat_messages(chat_messages: Sequence[ChatMessage]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Messages as the tokenizer's chat template takes them, and the image URLs in prompt order
     with the field each came from."""
     messages: list[dict[str, Any]] = []
     image_urls: list[tuple[str, str]] = []
-    for i, message in enumerate(body.messages):
+    for i, message in enumerate(chat_messages):
         content: Any = message.content
         if isinstance(content, list):
             parts: list[dict[str, Any]] = []
@@ -331,32 +382,56 @@ def _chat_messages(body: ChatCompletionRequest) -> tuple[list[dict[str, Any]], l
     return messages, image_urls
 
 
-def _refuse_unsupported_completion_fields(body: CompletionRequest) -> None:
-    if body.echo:
-        raise invalid_request("echo: echoing the prompt is not supported", param="echo")
+def _choices(body: CompletionRequest | ChatCompletionRequest) -> int:
+    n = 1 if body.n is None else body.n
+    if not 1 <= n <= MAX_CHOICES:
+        raise invalid_request(f"n: must be in [1, {MAX_CHOICES}], got {n}", param="n")
+    if body.seed is not None and not body.seed + n - 1 < SEED_RANGE[1]:
+        # Choice i draws with seed + i (router/choices.py), which must fit in 64 bits too.
+        raise invalid_request(f"seed: with n={n}, seed + n - 1 must fit in 64 bits, got {body.seed}", param="seed")
+    return n
+
+
+def _user(body: CompletionRequest | ChatCompletionRequest) -> str | None:
+    if body.user is not None and len(body.user) > MAX_USER_CHARS:
+        raise invalid_request(f"user: at most {MAX_USER_CHARS} characters, got {len(body.user)}", param="user")
+    return body.user or None
+
+
+def _refuse_unsupported_completion_fields(body: CompletionRequest, n: int) -> None:
     if body.suffix:
         raise invalid_request("suffix: insertion with a suffix is not supported", param="suffix")
-    if body.best_of not in (None, 1):
-        raise invalid_request(f"best_of: only best_of=1 is supported, got {body.best_of}", param="best_of")
-    _refuse_common(body)
+    if body.best_of is not None and body.best_of != n:
+        raise invalid_request(
+            f"best_of: only best_of equal to n ({n}) is supported (every copy is returned), got {body.best_of}", param="best_of"
+        )
+    _refuse_stream_options(body)
 
 
 def _refuse_unsupported_chat_fields(body: ChatCompletionRequest) -> None:
-    if body.tools:
-        raise invalid_request("tools: tool calling is not supported", param="tools")
-    response_type = body.response_format.get("type") if isinstance(body.response_format, Mapping) else body.response_format
-    if response_type not in (None, "text"):
-        raise invalid_request(f"response_format: only 'text' is supported, got {response_type!r}", param="response_format")
-    _refuse_common(body)
+    if body.store:
+        raise invalid_request("store: Pavana stores no completions; send false or leave it out", param="store")
+    if body.service_tier not in (None, "auto", "default"):
+        raise invalid_request(
+            f"service_tier: Pavana has one tier; send 'auto' or 'default', got {body.service_tier!r:.40} "
+            f"(QoS classes are chosen by API key, the {QOS_HEADER} header or `priority`)",
+            param="service_tier",
+        )
+    metadata = body.metadata or {}
+    if len(metadata) > MAX_METADATA_PAIRS or any(
+        len(k) > MAX_METADATA_KEY_CHARS or len(v) > MAX_METADATA_VALUE_CHARS for k, v in metadata.items()
+    ):
+        raise invalid_request(
+            f"metadata: at most {MAX_METADATA_PAIRS} pairs, keys of at most {MAX_METADATA_KEY_CHARS} characters and values "
+            f"of at most {MAX_METADATA_VALUE_CHARS}",
+            param="metadata",
+        )
+    _refuse_stream_options(body)
 
 
-def _refuse_common(body: CompletionRequest | ChatCompletionRequest) -> None:
-    if body.logprobs not in (None, False, 0):
-        raise invalid_request("logprobs: log probabilities are not supported", param="logprobs")
-    for name in ("presence_penalty", "frequency_penalty"):
-        value = getattr(body, name)
-        if value not in (None, 0, 0.0):
-            raise invalid_request(f"{name}: penalties are not supported; send 0 or leave it out", param=name)
+def _refuse_stream_options(body: CompletionRequest | ChatCompletionRequest) -> None:
+    if body.stream_options is not None and not body.stream:
+        raise invalid_request("stream_options: only allowed when stream is true", param="stream_options")
 
 
 __all__ = ["APIError", "ModelFacts", "PreparedRequest", "PromptBuilder", "model_facts", "sampling_params"]

@@ -331,18 +331,18 @@ def test_tiny_temperatures_are_raised_to_a_floor_the_sampler_survives(temperatur
     such parameters, and the router raises them to the floor."""
     import torch
 
-    from router.prompt import MIN_SAMPLING_TEMPERATURE, sampling_params
+    from router.sampling import sampling_params
     from workers.engine.sampler import sample
-    from workers.engine.sampling import SamplingParams
+    from workers.engine.sampling import MIN_SAMPLING_TEMPERATURE, SamplingParams
 
     logits = torch.randn(2, 512, generator=torch.Generator().manual_seed(0)) * 20
     with pytest.raises(ValueError, match="temperature: must be 0 .greedy. or at least 0.01"):
         SamplingParams(max_tokens=1, temperature=1e-300)
-    params = sampling_params(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt="hi", temperature=temperature, seed=1), 4)
+    params = sampling_params(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt="hi", temperature=temperature, seed=1), 4, vocab_size=512)
     assert params.temperature == MIN_SAMPLING_TEMPERATURE and not params.greedy
     tokens = sample(logits, [params] * 2, [0, 0])
     assert tokens == logits.argmax(dim=-1).tolist()  # at the floor, sampling is all but greedy
-    zero = sampling_params(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt="hi", temperature=0), 4)
+    zero = sampling_params(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt="hi", temperature=0), 4, vocab_size=512)
     assert zero.greedy
 
 
@@ -355,18 +355,27 @@ finite = {"allow_nan": False, "allow_infinity": False}
     top_p=st.one_of(st.none(), st.floats(0, 1, exclude_min=True, **finite), st.floats(0, 1e-40, exclude_min=True, **finite)),
     top_k=st.one_of(st.none(), st.integers(-1, 1024)),
     seed=st.one_of(st.none(), st.integers(-(2**63), 2**64 - 1)),
+    min_p=st.one_of(st.none(), st.floats(-0.5, 1.5, **finite)),
+    penalty=st.one_of(st.none(), st.floats(-3, 3, **finite)),
+    repetition_penalty=st.one_of(st.none(), st.floats(-1, 3, **finite)),
+    bias=st.dictionaries(st.integers(0, 600).map(str), st.floats(-150, 150, **finite), max_size=3),
 )
-def test_every_sampling_request_the_router_accepts_the_sampler_survives(temperature, top_p, top_k, seed):
+def test_every_sampling_request_the_router_accepts_the_sampler_survives(
+    temperature, top_p, top_k, seed, min_p, penalty, repetition_penalty, bias
+):
     """Whatever sampling fields pass the router's checks, the engine's sampler draws a token: a
     request that made it fail would fail every sequence in its batch."""
     import torch
 
-    from router.prompt import sampling_params
+    from router.sampling import sampling_params
     from workers.engine.sampler import sample
 
-    body = CompletionRequest(model=DEFAULT_MODEL_NAME, prompt="hi", temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    body = CompletionRequest(
+        model=DEFAULT_MODEL_NAME, prompt="hi", temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, min_p=min_p,
+        presence_penalty=penalty, frequency_penalty=penalty, repetition_penalty=repetition_penalty, logit_bias=bias,
+    )
     try:
-        params = sampling_params(body, 4)
+        params = sampling_params(body, 4, vocab_size=512)
     except APIError:
         return
     logits = torch.randn(1, 512, generator=torch.Generator().manual_seed(1)) * 10

@@ -88,8 +88,61 @@ def test_token_id_prompts_and_a_batch_of_one_are_taken_as_they_are(tokenizer):
 
 
 def test_defaults_follow_openai(tokenizer):
-    params = builder(tokenizer).completion(completion(), "r").request.params
+    prepared = builder(tokenizer).completion(completion(), "r")
+    params = prepared.request.params
     assert params.max_tokens == 16 and params.temperature == 1.0 and params.top_p == 1.0 and params.top_k == 0
+    assert params.logprobs is None and params.prompt_logprobs is None and params.grammar is None
+    assert (prepared.n, prepared.echo, prepared.tools, prepared.user, prepared.priority) == (1, None, None, None, None)
+
+
+def test_every_sampling_field_reaches_the_engine(tokenizer):
+    body = completion(
+        max_tokens=8, temperature=0.5, top_p=0.9, top_k=5, min_p=0.1, seed=7, stop=["x"], stop_token_ids=[9, 10],
+        presence_penalty=0.5, frequency_penalty=-0.5, repetition_penalty=1.2, min_tokens=2, logit_bias={"5": -100, " 7": 3.5},
+        logprobs=3, ignore_eos=True,
+    )
+    params = builder(tokenizer).completion(body, "r").request.params
+    assert (params.top_k, params.min_p, params.seed, params.stop, params.stop_token_ids) == (5, 0.1, 7, ("x",), (9, 10))
+    assert (params.presence_penalty, params.frequency_penalty, params.repetition_penalty, params.min_tokens) == (0.5, -0.5, 1.2, 2)
+    assert params.logit_bias == ((5, -100.0), (7, 3.5)) and params.logprobs == 3 and params.prompt_logprobs is None
+    assert params.ignore_eos
+
+
+def test_echo_sends_the_prompt_back_and_asks_for_prompt_logprobs_with_logprobs(tokenizer):
+    prepared = builder(tokenizer).completion(completion(echo=True), "r")
+    assert prepared.echo == "Hello world" and prepared.request.params.prompt_logprobs is None
+    prepared = builder(tokenizer).completion(completion(prompt=[5, 6, 7], echo=True, logprobs=2), "r")
+    assert prepared.echo == tokenizer.decode([5, 6, 7]) and prepared.request.params.prompt_logprobs == 2
+
+
+def test_n_best_of_equal_to_n_user_and_priority_are_kept(tokenizer):
+    prepared = builder(tokenizer).completion(completion(n=3, best_of=3, user="alice", priority=2), "r")
+    assert (prepared.n, prepared.user, prepared.priority) == (3, "alice", 2)
+
+
+def test_chat_logprobs_are_a_flag_and_a_count(tokenizer):
+    assert builder(tokenizer).chat(chat("hi", logprobs=True), "r").request.params.logprobs == 0
+    assert builder(tokenizer).chat(chat("hi", logprobs=True, top_logprobs=5), "r").request.params.logprobs == 5
+    assert builder(tokenizer).chat(chat("hi", logprobs=False), "r").request.params.logprobs is None
+    assert refused(lambda: builder(tokenizer).chat(chat("hi", top_logprobs=2), "r")).param == "top_logprobs"
+    assert refused(lambda: builder(tokenizer).chat(chat("hi", logprobs=True, top_logprobs=21), "r")).param == "top_logprobs"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"store": True}, "store"),
+        ({"service_tier": "flex"}, "service_tier"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+    ],
+)
+def test_harmless_fields_are_refused_when_they_ask_for_something(tokenizer, fields, param):
+    assert refused(lambda: builder(tokenizer).chat(chat("hi", **fields), "r")).param == param
+
+
+def test_harmless_fields_are_accepted_with_their_defaults(tokenizer):
+    body = chat("hi", store=False, metadata={"app": "x"}, service_tier="auto", user="bob", parallel_tool_calls=True)
+    assert builder(tokenizer).chat(body, "r").user == "bob"
 
 
 @pytest.mark.parametrize(
@@ -101,17 +154,33 @@ def test_defaults_follow_openai(tokenizer):
         ({"prompt": []}, "prompt"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_tokens": -5}, "max_tokens"),
-        ({"n": 2}, "n"),
+        ({"n": 0}, "n"),
+        ({"n": 129}, "n"),
         ({"best_of": 3}, "best_of"),
-        ({"echo": True}, "echo"),
-        ({"logprobs": 2}, "logprobs"),
+        ({"n": 3, "best_of": 2}, "best_of"),
+        ({"suffix": "end"}, "suffix"),
+        ({"logprobs": 21}, "logprobs"),
+        ({"logprobs": -1}, "logprobs"),
         ({"temperature": 2.5}, "temperature"),
         ({"temperature": -0.1}, "temperature"),
         ({"top_p": 0}, "top_p"),
         ({"top_k": -2}, "top_k"),
+        ({"min_p": 1.5}, "min_p"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"stop": [""]}, "stop"),
-        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"stop_token_ids": [512]}, "stop_token_ids"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": -2.5}, "frequency_penalty"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"min_tokens": 17}, "min_tokens"),
+        ({"min_tokens": -1}, "min_tokens"),
+        ({"logit_bias": {"512": 1}}, "logit_bias"),
+        ({"logit_bias": {"five": 1}}, "logit_bias"),
+        ({"logit_bias": {"5": 101}}, "logit_bias"),
+        ({"seed": 2**64}, "seed"),
+        ({"seed": 2**64 - 2, "n": 3}, "seed"),
+        ({"user": "u" * 257}, "user"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
     ],
 )
 def test_bad_completion_fields_are_refused_naming_the_field(tokenizer, fields, param):
@@ -157,9 +226,25 @@ def test_text_parts_are_joined(tokenizer):
     assert request.prompt_token_ids == tokenizer.encode_chat([{"role": "user", "content": "a\nb"}])
 
 
-def test_tools_and_json_mode_are_refused(tokenizer):
-    assert refused(lambda: builder(tokenizer).chat(chat("hi", tools=[{"type": "function"}]), "r")).param == "tools"
-    assert refused(lambda: builder(tokenizer).chat(chat("hi", response_format={"type": "json_object"}), "r")).param == "response_format"
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+def test_json_modes_become_grammars_and_tools_are_rendered_into_the_prompt(tokenizer):
+    assert builder(tokenizer).chat(chat("hi", response_format={"type": "json_object"}), "r").request.params.grammar
+    assert builder(tokenizer).chat(chat("hi", response_format={"type": "text"}), "r").request.params.grammar is None
+    with_tools = builder(tokenizer, text_facts(512)).chat(chat("hi", tools=[WEATHER]), "r")
+    plain = builder(tokenizer, text_facts(512)).chat(chat("hi"), "r")
+    assert with_tools.tools is not None and not with_tools.tools.forced and with_tools.request.params.grammar is None
+    assert len(with_tools.request.prompt_token_ids) > len(plain.request.prompt_token_ids)
+    forced = builder(tokenizer, text_facts(512)).chat(chat("hi", tools=[WEATHER], tool_choice="required"), "r")
+    assert forced.tools.forced and forced.request.params.grammar
+    none = builder(tokenizer, text_facts(512)).chat(chat("hi", tools=[WEATHER], tool_choice="none"), "r")
+    assert none.tools is None and none.request.prompt_token_ids == plain.request.prompt_token_ids
+
+
+def test_a_json_format_with_tools_is_refused(tokenizer):
+    body = chat("hi", tools=[WEATHER], response_format={"type": "json_object"})
+    assert refused(lambda: builder(tokenizer, text_facts(512)).chat(body, "r")).param == "response_format"
 
 
 # -- images ----------------------------------------------------------------------------------------
@@ -322,12 +407,12 @@ def test_an_error_after_the_stream_began_ends_it_with_an_error_event():
     from workers.requests import TokenChunk
 
     async def failing():
-        yield TokenChunk("r", [7], "b")
+        yield 0, TokenChunk("r", [7], "b")
         raise RuntimeError("decode replica died")
 
     async def collect():
         fmt = CompletionFormat("r", "m", 3)
-        first = TokenChunk("r", [6], "a")
+        first = (0, TokenChunk("r", [6], "a"))
         return [event async for event in Ingress._sse_stream(fmt, first, failing(), True)]
 
     events = asyncio.run(collect())
