@@ -6,6 +6,12 @@ ingress deployment's method of the same name, so `grpc.health.v1.Health/Check` i
 `Ingress.Check`: health says whether the pools answer, not merely whether the proxy is up.
 A request without the `application` metadata (a Kubernetes gRPC probe sends none) reaches the
 application as long as it is the only one running, which is how `pavana up` deploys it.
+
+Server reflection (`grpc.reflection.v1alpha.ServerReflection`) is answered by the proxy itself,
+from the descriptors the servicer functions' modules load there: `grpcurl -plaintext HOST:PORT
+list` and `describe` work without `pavana.proto`. Pavana's service registration
+(`router.proto.lenient`) also carries a failed stream's rich error status
+(`router/grpc_errors.py`) through the proxy.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ GRPC_SERVICER_FUNCTIONS = [
 
 
 def grpc_options(spec: ClusterSpec) -> gRPCOptions:
-    return gRPCOptions(port=spec.grpc_port, grpc_servicer_functions=list(GRPC_SERVICER_FUNCTIONS))
+    # Reflection is Ray Serve's default; said here because clients rely on it.
+    return gRPCOptions(port=spec.grpc_port, grpc_servicer_functions=list(GRPC_SERVICER_FUNCTIONS), enable_reflection=True)
 
 
 def start_serving(

@@ -24,33 +24,61 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19router/proto/pavana.proto\x12\tpavana.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"0\n\x04\x43hat\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.pavana.v1.ChatMessage\"\xdc\x01\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"\xb1\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x13.pavana.v1.TokenIdsH\x00\x12\x1f\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x0f.pavana.v1.ChatH\x00\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.pavana.v1.SamplingParamsB\x07\n\x05input\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"w\n\x10GenerateResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.pavana.v1.Usage\"\x13\n\x11ListModelsRequest\"L\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08owned_by\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\x12\x0e\n\x06vision\x18\x04 \x01(\x08\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.pavana.v1.Model2\xe5\x01\n\x06Pavana\x12\x43\n\x08Generate\x12\x1a.pavana.v1.GenerateRequest\x1a\x1b.pavana.v1.GenerateResponse\x12K\n\x0eGenerateStream\x12\x1a.pavana.v1.GenerateRequest\x1a\x1b.pavana.v1.GenerateResponse0\x01\x12I\n\nListModels\x12\x1c.pavana.v1.ListModelsRequest\x1a\x1d.pavana.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19router/proto/pavana.proto\x12\tpavana.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"S\n\x05Image\x12\r\n\x03url\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x11\n\tmime_type\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\tB\x08\n\x06source\"H\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12!\n\x05image\x18\x02 \x01(\x0b\x32\x10.pavana.v1.ImageH\x00\x42\x06\n\x04part\"/\n\x0c\x46unctionCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targuments\x18\x02 \x01(\t\"^\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12)\n\x08\x66unction\x18\x03 \x01(\x0b\x32\x17.pavana.v1.FunctionCall\x12\r\n\x05index\x18\x04 \x01(\x05\"\xb1\x01\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x14\n\x07\x63ontent\x18\x02 \x01(\tH\x00\x88\x01\x01\x12%\n\x05parts\x18\x03 \x03(\x0b\x32\x16.pavana.v1.ContentPart\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\'\n\ntool_calls\x18\x05 \x03(\x0b\x32\x13.pavana.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x06 \x01(\tB\n\n\x08_content\"0\n\x04\x43hat\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.pavana.v1.ChatMessage\"\xa0\x05\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x0e\n\x01n\x18\x08 \x01(\x05H\x05\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\t \x01(\x02H\x06\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\n \x01(\x02H\x07\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x0b \x01(\x02H\x08\x88\x01\x01\x12\x12\n\x05min_p\x18\x0c \x01(\x02H\t\x88\x01\x01\x12\x17\n\nmin_tokens\x18\r \x01(\x05H\n\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x0e \x03(\x05\x12<\n\nlogit_bias\x18\x0f \x03(\x0b\x32(.pavana.v1.SamplingParams.LogitBiasEntry\x12\x10\n\x08logprobs\x18\x10 \x01(\x08\x12\x19\n\x0ctop_logprobs\x18\x11 \x01(\x05H\x0b\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x04\n\x02_nB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x08\n\x06_min_pB\r\n\x0b_min_tokensB\x0f\n\r_top_logprobs\"_\n\nJsonSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06schema\x18\x02 \x01(\t\x12\x13\n\x06strict\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\tB\t\n\x07_strict\"J\n\x0eResponseFormat\x12\x0c\n\x04type\x18\x01 \x01(\t\x12*\n\x0bjson_schema\x18\x02 \x01(\x0b\x32\x15.pavana.v1.JsonSchema\"k\n\x12\x46unctionDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\t\x12\x13\n\x06strict\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\t\n\x07_strict\"E\n\x04Tool\x12\x0c\n\x04type\x18\x01 \x01(\t\x12/\n\x08\x66unction\x18\x02 \x01(\x0b\x32\x1d.pavana.v1.FunctionDefinition\"?\n\nToolChoice\x12\x0e\n\x04mode\x18\x01 \x01(\tH\x00\x12\x17\n\rfunction_name\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice\"\xab\x03\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x13.pavana.v1.TokenIdsH\x00\x12\x1f\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x0f.pavana.v1.ChatH\x00\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.pavana.v1.SamplingParams\x12\x0c\n\x04\x65\x63ho\x18\x06 \x01(\x08\x12\x32\n\x0fresponse_format\x18\x07 \x01(\x0b\x32\x19.pavana.v1.ResponseFormat\x12\x1e\n\x05tools\x18\x08 \x03(\x0b\x32\x0f.pavana.v1.Tool\x12*\n\x0btool_choice\x18\t \x01(\x0b\x32\x15.pavana.v1.ToolChoice\x12\x15\n\x08priority\x18\n \x01(\x05H\x01\x88\x01\x01\x12\x0c\n\x04user\x18\x0b \x01(\t\x12 \n\x13parallel_tool_calls\x18\x0c \x01(\x08H\x02\x88\x01\x01\x42\x07\n\x05inputB\x0b\n\t_priorityB\x16\n\x14_parallel_tool_calls\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"M\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\r\n\x05\x62ytes\x18\x04 \x01(\x0c\"\x8d\x01\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x14\n\x07logprob\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05\x62ytes\x18\x04 \x01(\x0c\x12+\n\x0ctop_logprobs\x18\x05 \x03(\x0b\x32\x15.pavana.v1.TopLogprobB\n\n\x08_logprob\"\xd5\x01\n\x06\x43hoice\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12)\n\x08logprobs\x18\x05 \x03(\x0b\x32\x17.pavana.v1.TokenLogprob\x12\'\n\ntool_calls\x18\x06 \x03(\x0b\x32\x13.pavana.v1.ToolCall\x12\x30\n\x0fprompt_logprobs\x18\x07 \x03(\x0b\x32\x17.pavana.v1.TokenLogprob\"\xaa\x01\n\x10GenerateResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.pavana.v1.Usage\x12\"\n\x07\x63hoices\x18\x06 \x03(\x0b\x32\x11.pavana.v1.Choice\x12\r\n\x05model\x18\x07 \x01(\t\"\x13\n\x11ListModelsRequest\"L\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08owned_by\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\x12\x0e\n\x06vision\x18\x04 \x01(\x08\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.pavana.v1.Model2\xe5\x01\n\x06Pavana\x12\x43\n\x08Generate\x12\x1a.pavana.v1.GenerateRequest\x1a\x1b.pavana.v1.GenerateResponse\x12K\n\x0eGenerateStream\x12\x1a.pavana.v1.GenerateRequest\x1a\x1b.pavana.v1.GenerateResponse0\x01\x12I\n\nListModels\x12\x1c.pavana.v1.ListModelsRequest\x1a\x1d.pavana.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'router.proto.pavana_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
   _globals['_TOKENIDS']._serialized_start=40
   _globals['_TOKENIDS']._serialized_end=63
-  _globals['_CHATMESSAGE']._serialized_start=65
-  _globals['_CHATMESSAGE']._serialized_end=109
-  _globals['_CHAT']._serialized_start=111
-  _globals['_CHAT']._serialized_end=159
-  _globals['_SAMPLINGPARAMS']._serialized_start=162
-  _globals['_SAMPLINGPARAMS']._serialized_end=382
-  _globals['_GENERATEREQUEST']._serialized_start=385
-  _globals['_GENERATEREQUEST']._serialized_end=562
-  _globals['_USAGE']._serialized_start=564
-  _globals['_USAGE']._serialized_end=643
-  _globals['_GENERATERESPONSE']._serialized_start=645
-  _globals['_GENERATERESPONSE']._serialized_end=764
-  _globals['_LISTMODELSREQUEST']._serialized_start=766
-  _globals['_LISTMODELSREQUEST']._serialized_end=785
-  _globals['_MODEL']._serialized_start=787
-  _globals['_MODEL']._serialized_end=863
-  _globals['_LISTMODELSRESPONSE']._serialized_start=865
-  _globals['_LISTMODELSRESPONSE']._serialized_end=919
-  _globals['_PAVANA']._serialized_start=922
-  _globals['_PAVANA']._serialized_end=1151
+  _globals['_IMAGE']._serialized_start=65
+  _globals['_IMAGE']._serialized_end=148
+  _globals['_CONTENTPART']._serialized_start=150
+  _globals['_CONTENTPART']._serialized_end=222
+  _globals['_FUNCTIONCALL']._serialized_start=224
+  _globals['_FUNCTIONCALL']._serialized_end=271
+  _globals['_TOOLCALL']._serialized_start=273
+  _globals['_TOOLCALL']._serialized_end=367
+  _globals['_CHATMESSAGE']._serialized_start=370
+  _globals['_CHATMESSAGE']._serialized_end=547
+  _globals['_CHAT']._serialized_start=549
+  _globals['_CHAT']._serialized_end=597
+  _globals['_SAMPLINGPARAMS']._serialized_start=600
+  _globals['_SAMPLINGPARAMS']._serialized_end=1272
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=1050
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=1098
+  _globals['_JSONSCHEMA']._serialized_start=1274
+  _globals['_JSONSCHEMA']._serialized_end=1369
+  _globals['_RESPONSEFORMAT']._serialized_start=1371
+  _globals['_RESPONSEFORMAT']._serialized_end=1445
+  _globals['_FUNCTIONDEFINITION']._serialized_start=1447
+  _globals['_FUNCTIONDEFINITION']._serialized_end=1554
+  _globals['_TOOL']._serialized_start=1556
+  _globals['_TOOL']._serialized_end=1625
+  _globals['_TOOLCHOICE']._serialized_start=1627
+  _globals['_TOOLCHOICE']._serialized_end=1690
+  _globals['_GENERATEREQUEST']._serialized_start=1693
+  _globals['_GENERATEREQUEST']._serialized_end=2120
+  _globals['_USAGE']._serialized_start=2122
+  _globals['_USAGE']._serialized_end=2201
+  _globals['_TOPLOGPROB']._serialized_start=2203
+  _globals['_TOPLOGPROB']._serialized_end=2280
+  _globals['_TOKENLOGPROB']._serialized_start=2283
+  _globals['_TOKENLOGPROB']._serialized_end=2424
+  _globals['_CHOICE']._serialized_start=2427
+  _globals['_CHOICE']._serialized_end=2640
+  _globals['_GENERATERESPONSE']._serialized_start=2643
+  _globals['_GENERATERESPONSE']._serialized_end=2813
+  _globals['_LISTMODELSREQUEST']._serialized_start=2815
+  _globals['_LISTMODELSREQUEST']._serialized_end=2834
+  _globals['_MODEL']._serialized_start=2836
+  _globals['_MODEL']._serialized_end=2912
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2914
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2968
+  _globals['_PAVANA']._serialized_start=2971
+  _globals['_PAVANA']._serialized_end=3200
 # @@protoc_insertion_point(module_scope)

@@ -55,15 +55,16 @@ class PavanaServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Generate(self, request, context):
-        """One request, one answer: the whole generated text.
+        """One request, one answer: the whole generated text of every choice.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GenerateStream(self, request, context):
-        """One request, a stream of answers: each carries the new text and token ids; the last one
-        carries the finish reason and the usage.
+        """One request, a stream of answers: each carries the new text and token ids of one choice;
+        the last message of a choice carries its finish reason; the stream's last message carries
+        the usage.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

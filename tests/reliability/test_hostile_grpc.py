@@ -5,8 +5,10 @@ dropped connection, and the server keeps serving.
 
 Bytes that do not parse reach the ingress as `Malformed` (Pavana registers its service with a
 lenient deserializer, `router/proto/lenient.py`) and get `INVALID_ARGUMENT` with the parser's
-reason; everything that parses is checked like HTTP input: `INVALID_ARGUMENT`, `NOT_FOUND` or,
-over Pavana's message limit, `RESOURCE_EXHAUSTED`.
+reason; so do fields the server's proto lacks and fields sent with the wrong wire type, which
+the parser would otherwise set aside silently. Everything else is checked like HTTP input:
+`INVALID_ARGUMENT`, `NOT_FOUND` or, over Pavana's message limit, `RESOURCE_EXHAUSTED`. Every
+`INVALID_ARGUMENT`, unary or streaming, carries a `google.rpc.BadRequest` naming a field.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import time
 import grpc
 import pytest
 from google.protobuf.internal.encoder import _VarintBytes
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router.limits import DEFAULT_LIMITS
+from tests.reliability.hostile_inputs import photo_png
 from router.proto import pavana_pb2 as pb
 from router.proto import pavana_pb2_grpc
 from tests.reliability.conftest import APP_NAME, HostileApp
@@ -62,20 +67,36 @@ def stub(channel):
     return pavana_pb2_grpc.PavanaStub(channel)
 
 
+def bad_request_field(error: grpc.RpcError) -> str | None:
+    status = rpc_status.from_call(error)
+    for packed in status.details if status is not None else ():
+        if packed.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            packed.Unpack(bad_request)
+            return bad_request.field_violations[0].field
+    return None
+
+
 def call_raw(raw, payload: bytes, metadata) -> tuple[grpc.StatusCode, str, float]:
-    """Both methods with the same bytes; they must agree. Returns (code, details, seconds)."""
+    """Both methods with the same bytes; they must agree, and name the same field when the
+    argument is invalid. Returns (code, details, seconds)."""
     unary, stream = raw
     results = []
     for method in (unary, lambda p, **kw: list(stream(p, **kw))):
         started = time.monotonic()
+        field = None
         try:
             method(payload, metadata=metadata, timeout=CALL_TIMEOUT_S)
             code, details = grpc.StatusCode.OK, ""
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details() or ""
-        results.append((code, details, time.monotonic() - started))
-    (code, details, unary_s), (stream_code, _, stream_s) = results
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                field = bad_request_field(exc)
+                assert field, f"INVALID_ARGUMENT without a BadRequest naming a field: {details!r}"
+        results.append((code, details, time.monotonic() - started, field))
+    (code, details, unary_s, unary_field), (stream_code, _, stream_s, stream_field) = results
     assert code == stream_code, f"unary {code} but stream {stream_code} for {payload[:60]!r}"
+    assert unary_field == stream_field, (unary_field, stream_field)
     assert code in CLEAN_CODES, f"{code} {details!r} for {payload[:60]!r}"
     assert code == grpc.StatusCode.OK or details, f"{code} without a message for {payload[:60]!r}"
     return code, details, max(unary_s, stream_s)
@@ -100,17 +121,18 @@ def length_delimited(number: int, data: bytes) -> bytes:
         (b"\xff\xff\xff\xff\x0f", grpc.StatusCode.INVALID_ARGUMENT, "not a valid pavana.v1.GenerateRequest message"),
         (length_delimited(2, b"ok")[:-1], grpc.StatusCode.INVALID_ARGUMENT, "not a valid pavana.v1.GenerateRequest"),  # cut short
         (length_delimited(2, b"\xff\xfe not utf-8"), grpc.StatusCode.INVALID_ARGUMENT, "not a valid pavana.v1.GenerateRequest"),
-        # `text` sent as a varint: an unknown field to the parser, so the request has no input.
-        (field(2, 0, _VarintBytes(7)), grpc.StatusCode.INVALID_ARGUMENT, "input: set one of"),
-        # `sampling` sent as a fixed64: skipped the same way; the text stays.
-        (length_delimited(2, b"hi") + field(5, 1, b"\x00" * 8), grpc.StatusCode.OK, ""),
+        # `text` sent as a varint: the parser sets it aside as an unknown field; Pavana refuses it.
+        (field(2, 0, _VarintBytes(7)), grpc.StatusCode.INVALID_ARGUMENT, "text: sent as a varint, but the field is a string"),
+        (length_delimited(2, b"hi") + field(5, 1, b"\x00" * 8), grpc.StatusCode.INVALID_ARGUMENT, "sampling: sent as a 64-bit value"),
+        # A field number from a newer proto, deep in a chat message.
+        (length_delimited(4, length_delimited(1, length_delimited(1, b"user") + field(77, 0, _VarintBytes(1)))), grpc.StatusCode.INVALID_ARGUMENT, "chat.messages[0].#77"),
         (length_delimited(2, b"hi") + length_delimited(5, field(1, 0, _VarintBytes(2**64 - 5))), grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
         # packed token ids of -1 (ten-byte varints), and of 2**40 + 5, which int32 cuts to 5.
         (length_delimited(3, length_delimited(1, _VarintBytes(2**64 - 1) * 3)), grpc.StatusCode.INVALID_ARGUMENT, "got -1"),
         (length_delimited(3, length_delimited(1, _VarintBytes(2**40 + 5) * 3)), grpc.StatusCode.OK, ""),
         (b"", grpc.StatusCode.INVALID_ARGUMENT, "input: set one of"),
     ],
-    ids=["garbage", "truncated", "bad utf-8", "text as varint", "sampling as fixed64", "negative max_tokens", "token id -1", "token id over int32", "empty"],
+    ids=["garbage", "truncated", "bad utf-8", "text as varint", "sampling as fixed64", "unknown nested field", "negative max_tokens", "token id -1", "token id over int32", "empty"],
 )
 def test_malformed_messages_get_a_clean_status(raw, stub, hostile_app, payload, code, says):
     got, details, seconds = call_raw(raw, payload, hostile_app.grpc_metadata)
@@ -145,6 +167,7 @@ def test_random_bytes(raw, hostile_app, payload):
 
 
 int32 = st.integers(-(2**31), 2**31 - 1)
+finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 sampling = st.builds(
     pb.SamplingParams,
     max_tokens=st.one_of(st.none(), st.integers(-3, 8), int32),
@@ -154,20 +177,57 @@ sampling = st.builds(
     seed=st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
     stop=st.lists(st.text(max_size=5), max_size=6),
     ignore_eos=st.booleans(),
+    n=st.one_of(st.none(), st.integers(-1, 3), int32),
+    presence_penalty=st.one_of(st.none(), st.floats(width=32, allow_nan=True)),
+    frequency_penalty=st.one_of(st.none(), finite32),
+    repetition_penalty=st.one_of(st.none(), st.floats(width=32, allow_nan=True)),
+    min_p=st.one_of(st.none(), finite32),
+    min_tokens=st.one_of(st.none(), st.integers(-2, 4), int32),
+    stop_token_ids=st.lists(int32 | st.integers(0, 511), max_size=3),
+    logit_bias=st.dictionaries(int32 | st.integers(0, 511), st.floats(width=32, allow_nan=True), max_size=3),
+    logprobs=st.booleans(),
+    top_logprobs=st.one_of(st.none(), st.integers(-1, 25)),
 )
+json_text = st.one_of(st.text(max_size=40), st.sampled_from(['{"type": "object"}', '{"type": "string"}', "[]", "{}", '{"$ref": "#/nowhere"}']))
+images = st.one_of(
+    st.builds(pb.Image, data=st.binary(max_size=64), mime_type=st.sampled_from(["", "image/png", "text/plain"])),
+    st.builds(pb.Image, url=st.one_of(st.text(max_size=40), st.just("data:image/png;base64,AAAA"), st.just("https://example.com/a.png"))),
+    st.builds(pb.Image, data=st.just(photo_png(16, seed=1)), mime_type=st.just("image/png")),
+)
+parts = st.one_of(st.builds(pb.ContentPart, text=st.text(max_size=30)), st.builds(pb.ContentPart, image=images), st.just(pb.ContentPart()))
+calls = st.builds(pb.ToolCall, id=st.text(max_size=8), type=st.sampled_from(["", "function", "other"]),
+                  function=st.builds(pb.FunctionCall, name=st.text(max_size=8), arguments=json_text))  # fmt: skip
+messages = st.one_of(
+    st.builds(pb.ChatMessage, role=st.sampled_from(["user", "system", "assistant", "robot", ""]), content=st.text(max_size=100)),
+    st.builds(pb.ChatMessage, role=st.sampled_from(["user", "assistant", "tool"]), parts=st.lists(parts, max_size=3),
+              name=st.text(max_size=5), tool_calls=st.lists(calls, max_size=2), tool_call_id=st.text(max_size=8)),
+)  # fmt: skip
+tools = st.lists(st.builds(pb.Tool, type=st.sampled_from(["", "function", "code"]),
+                           function=st.builds(pb.FunctionDefinition, name=st.text(max_size=10), parameters=json_text)), max_size=2)  # fmt: skip
+tool_choices = st.one_of(st.builds(pb.ToolChoice, mode=st.sampled_from(["auto", "none", "required", "always"])), st.builds(pb.ToolChoice, function_name=st.text(max_size=8)))
+formats = st.builds(pb.ResponseFormat, type=st.sampled_from(["", "text", "json_object", "json_schema", "yaml"]),
+                    json_schema=st.builds(pb.JsonSchema, name=st.text(max_size=8), schema=json_text))  # fmt: skip
+extras = {"echo": st.booleans(), "priority": st.one_of(st.none(), int32), "user": st.text(max_size=10)}
 requests = st.builds(
     pb.GenerateRequest,
     model=st.sampled_from(["", "pavana-tiny", "gpt-4", "\u0000"]),
     text=st.one_of(st.none(), st.text(max_size=300)),
     sampling=sampling,
+    **extras,
 ) | st.builds(
     pb.GenerateRequest,
     token_ids=st.builds(pb.TokenIds, ids=st.lists(int32 | st.integers(0, 511), max_size=200)),
     sampling=sampling,
+    **extras,
 ) | st.builds(
     pb.GenerateRequest,
-    chat=st.builds(pb.Chat, messages=st.lists(st.builds(pb.ChatMessage, role=st.sampled_from(["user", "system", "assistant", "robot", ""]), content=st.text(max_size=100)), max_size=4)),
+    chat=st.builds(pb.Chat, messages=st.lists(messages, max_size=4)),
     sampling=sampling,
+    response_format=st.one_of(st.none(), formats),
+    tools=tools,
+    tool_choice=st.one_of(st.none(), tool_choices),
+    parallel_tool_calls=st.one_of(st.none(), st.booleans()),
+    **extras,
 )
 
 

@@ -1,13 +1,19 @@
-"""Pavana's gRPC API through Ray Serve's gRPC proxy, with the generated client."""
+"""Pavana's gRPC API through Ray Serve's gRPC proxy, with the generated client, against the same
+live application the HTTP tests use: the same answers as HTTP for the same request, the same
+refusals with Google's rich error details, and server reflection."""
 
 from __future__ import annotations
 
 import grpc
+import httpx
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from router.proto import pavana_pb2 as pb
 from router.proto import pavana_pb2_grpc
+from tests.reliability.hostile_inputs import photo_png
 from tests.router.conftest import API_KEY, Served
 
 pytestmark = pytest.mark.ray
@@ -28,10 +34,51 @@ def stub(channel) -> pavana_pb2_grpc.PavanaStub:
     return pavana_pb2_grpc.PavanaStub(channel)
 
 
+@pytest.fixture(scope="module")
+def http(served: Served):
+    with httpx.Client(base_url=served.http_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as client:
+        yield client
+
+
 def greedy(max_tokens: int, **extra) -> pb.SamplingParams:
     return pb.SamplingParams(max_tokens=max_tokens, temperature=0.0, **extra)
 
 
+def chat(*messages: pb.ChatMessage) -> pb.Chat:
+    return pb.Chat(messages=list(messages))
+
+
+def user(text: str) -> pb.ChatMessage:
+    return pb.ChatMessage(role="user", content=text)
+
+
+def refusal(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+def detail(error: grpc.RpcError, kind):
+    """The detail of type `kind` in the error's `google.rpc.Status`, or None."""
+    status = rpc_status.from_call(error)
+    assert status is not None, f"no rich status with {error.code()} {error.details()!r}"
+    for packed in status.details:
+        if packed.Is(kind.DESCRIPTOR):
+            message = kind()
+            packed.Unpack(message)
+            return message
+    return None
+
+
+def unary_and_stream(stub, request, metadata=AUTH):
+    """Both methods' refusals of the same request."""
+    return [
+        refusal(lambda: stub.Generate(request, metadata=metadata, timeout=60)),
+        refusal(lambda: list(stub.GenerateStream(request, metadata=metadata, timeout=60))),
+    ]
+
+
+# -- answers -------------------------------------------------------------------------------------
 def test_unary_generate_equals_the_engine_run_directly(stub, direct_engine):
     from workers.engine.sampling import SamplingParams
 
@@ -43,6 +90,8 @@ def test_unary_generate_equals_the_engine_run_directly(stub, direct_engine):
     assert response.finish_reason in ("stop", "length") and response.id.startswith("cmpl-")
     assert response.usage.completion_tokens == len(direct_ids)
     assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+    [choice] = response.choices  # the top-level fields mirror the one choice
+    assert (choice.index, choice.text, list(choice.token_ids), choice.finish_reason) == (0, response.text, direct_ids, response.finish_reason)
 
 
 def test_streaming_generate_adds_up_to_the_unary_answer(stub):
@@ -50,6 +99,7 @@ def test_streaming_generate_adds_up_to_the_unary_answer(stub):
     whole = stub.Generate(request, metadata=AUTH, timeout=60)
     messages = list(stub.GenerateStream(request, metadata=AUTH, timeout=60))
     assert [i for m in messages for i in m.token_ids] == list(whole.token_ids) and len(whole.token_ids) == 12
+    assert [i for m in messages for c in m.choices for i in c.token_ids] == list(whole.token_ids)
     assert "".join(m.text for m in messages) == whole.text
     assert [m.finish_reason for m in messages if m.finish_reason] == ["length"]
     last = messages[-1]
@@ -57,9 +107,51 @@ def test_streaming_generate_adds_up_to_the_unary_answer(stub):
 
 
 def test_chat_input(stub):
-    chat = pb.Chat(messages=[pb.ChatMessage(role="user", content="Hello")])
-    response = stub.Generate(pb.GenerateRequest(chat=chat, sampling=greedy(5)), metadata=AUTH, timeout=60)
+    response = stub.Generate(pb.GenerateRequest(chat=chat(user("Hello")), sampling=greedy(5)), metadata=AUTH, timeout=60)
     assert response.id.startswith("chatcmpl-") and 1 <= response.usage.completion_tokens <= 5
+
+
+def test_an_unset_temperature_samples_at_1_as_over_http(stub, http, served):
+    """Two unseeded runs may or may not differ; a seeded run shows the temperature: unset over
+    gRPC it draws what HTTP draws with the temperature unset, and what 1.0 draws."""
+    prompt, seed = "A storm came in from the sea", 1234
+    sampling = pb.SamplingParams(max_tokens=8, seed=seed, ignore_eos=True)
+    unset = stub.Generate(pb.GenerateRequest(text=prompt, sampling=sampling), metadata=AUTH, timeout=60)
+    sampling.temperature = 1.0
+    at_one = stub.Generate(pb.GenerateRequest(text=prompt, sampling=sampling), metadata=AUTH, timeout=60)
+    over_http = http.post("/completions", json={"model": served.model, "prompt": prompt, "max_tokens": 8, "seed": seed, "ignore_eos": True})
+    assert over_http.status_code == 200, over_http.text
+    assert unset.text == at_one.text == over_http.json()["choices"][0]["text"]
+    greedy_run = stub.Generate(pb.GenerateRequest(text=prompt, sampling=greedy(8, ignore_eos=True)), metadata=AUTH, timeout=60)
+    assert list(unset.token_ids) != list(greedy_run.token_ids)  # it samples: 8 draws at 1.0 from a random model
+
+
+def test_images_go_over_grpc_as_bytes_or_as_a_data_url(stub):
+    from tests.reliability.hostile_inputs import data_url
+
+    [model] = stub.ListModels(pb.ListModelsRequest(), metadata=AUTH, timeout=30).models
+    image = photo_png(seed=11)
+    by_bytes = pb.ChatMessage(role="user", parts=[pb.ContentPart(image=pb.Image(data=image, mime_type="image/png")), pb.ContentPart(text="What is it?")])
+    by_url = pb.ChatMessage(role="user", parts=[pb.ContentPart(image=pb.Image(url=data_url(image))), pb.ContentPart(text="What is it?")])
+    requests = [pb.GenerateRequest(chat=chat(m), sampling=greedy(4, ignore_eos=True)) for m in (by_bytes, by_url)]
+    if not model.vision:  # the same refusal as HTTP's for images on a text-only model
+        for error in unary_and_stream(stub, requests[0]):
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "no vision tower" in error.details()
+            assert detail(error, error_details_pb2.BadRequest).field_violations[0].field == "messages[0].content[0].image_url"
+        return
+    answers = [stub.Generate(r, metadata=AUTH, timeout=120) for r in requests]
+    assert list(answers[0].token_ids) == list(answers[1].token_ids) and len(answers[0].token_ids) == 4
+    text_only = stub.Generate(pb.GenerateRequest(chat=chat(user("What is it?")), sampling=greedy(1)), metadata=AUTH, timeout=60)
+    assert answers[0].usage.prompt_tokens == answers[1].usage.prompt_tokens > text_only.usage.prompt_tokens
+    streamed = list(stub.GenerateStream(requests[0], metadata=AUTH, timeout=120))
+    assert [i for m in streamed for i in m.token_ids] == list(answers[0].token_ids)
+
+
+def test_an_image_that_is_not_one_is_refused_naming_the_part(stub):
+    bad = pb.ChatMessage(role="user", parts=[pb.ContentPart(text="Look:"), pb.ContentPart(image=pb.Image(data=b"GIF89a but not really", mime_type="image/gif"))])
+    for error in unary_and_stream(stub, pb.GenerateRequest(chat=chat(bad), sampling=greedy(2))):
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert detail(error, error_details_pb2.BadRequest).field_violations[0].field == "messages[0].content[1].image_url"
 
 
 def test_list_models(stub, served):
@@ -68,6 +160,7 @@ def test_list_models(stub, served):
     assert model.id == served.model and model.max_model_len > 0
 
 
+# -- refusals ------------------------------------------------------------------------------------
 def test_health_answers_serving_without_metadata(channel):
     health = health_pb2_grpc.HealthStub(channel)
     # A Kubernetes gRPC probe names no application and carries no key.
@@ -83,26 +176,34 @@ def test_health_answers_serving_without_metadata(channel):
 
 
 @pytest.mark.parametrize(
-    ("request_", "code"),
+    ("request_", "code", "field"),
     [
-        (pb.GenerateRequest(text="hi", sampling=pb.SamplingParams(max_tokens=0)), grpc.StatusCode.INVALID_ARGUMENT),
-        (pb.GenerateRequest(text="hi", sampling=pb.SamplingParams(temperature=9)), grpc.StatusCode.INVALID_ARGUMENT),
-        (pb.GenerateRequest(token_ids=pb.TokenIds(ids=[5] * 4096)), grpc.StatusCode.INVALID_ARGUMENT),
-        (pb.GenerateRequest(token_ids=pb.TokenIds(ids=[])), grpc.StatusCode.INVALID_ARGUMENT),
-        (pb.GenerateRequest(sampling=greedy(3)), grpc.StatusCode.INVALID_ARGUMENT),
-        (pb.GenerateRequest(chat=pb.Chat(messages=[pb.ChatMessage(role="robot", content="x")])), grpc.StatusCode.INVALID_ARGUMENT),
-        (pb.GenerateRequest(model="gpt-17", text="hi"), grpc.StatusCode.NOT_FOUND),
+        (pb.GenerateRequest(text="hi", sampling=pb.SamplingParams(max_tokens=0)), grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
+        (pb.GenerateRequest(text="hi", sampling=pb.SamplingParams(temperature=9)), grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
+        (pb.GenerateRequest(token_ids=pb.TokenIds(ids=[5] * 4096)), grpc.StatusCode.INVALID_ARGUMENT, "prompt"),
+        (pb.GenerateRequest(token_ids=pb.TokenIds(ids=[])), grpc.StatusCode.INVALID_ARGUMENT, "prompt"),
+        (pb.GenerateRequest(sampling=greedy(3)), grpc.StatusCode.INVALID_ARGUMENT, "input"),
+        (pb.GenerateRequest(chat=chat(pb.ChatMessage(role="robot", content="x"))), grpc.StatusCode.INVALID_ARGUMENT, "messages[0].role"),
+        (pb.GenerateRequest(text="hi", sampling=pb.SamplingParams(presence_penalty=3)), grpc.StatusCode.INVALID_ARGUMENT, "presence_penalty"),
+        (pb.GenerateRequest(model="gpt-17", text="hi"), grpc.StatusCode.NOT_FOUND, None),
     ],
-    ids=["max_tokens 0", "temperature 9", "over the context", "empty prompt", "no input", "unknown role", "unknown model"],
+    ids=["max_tokens 0", "temperature 9", "over the context", "empty prompt", "no input", "unknown role", "penalty 3", "unknown model"],
 )
-def test_bad_requests_get_their_status_codes_unary_and_streaming(stub, request_, code):
-    with pytest.raises(grpc.RpcError) as info:
-        stub.Generate(request_, metadata=AUTH, timeout=30)
-    assert info.value.code() == code and info.value.details()
-    with pytest.raises(grpc.RpcError) as info:
-        list(stub.GenerateStream(request_, metadata=AUTH, timeout=30))
-    assert info.value.code() == code and info.value.details()
+def test_bad_requests_get_their_status_codes_and_name_the_field_unary_and_streaming(stub, request_, code, field):
+    for error in unary_and_stream(stub, request_):
+        assert error.code() == code and error.details()
+        if field is not None:
+            [violation] = detail(error, error_details_pb2.BadRequest).field_violations
+            assert violation.field == field and violation.description == error.details()
     assert stub.Generate(pb.GenerateRequest(text="Hello", sampling=greedy(2)), metadata=AUTH, timeout=30).usage.completion_tokens >= 1
+
+
+def test_a_field_this_server_does_not_know_is_refused_naming_it(stub):
+    request = pb.GenerateRequest(text="hi", sampling=greedy(2))
+    request.sampling.MergeFromString(bytes([0xC8, 0x3E, 0x01]))  # field 1001 of a newer SamplingParams
+    for error in unary_and_stream(stub, request):
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "no field number 1001" in error.details()
+        assert detail(error, error_details_pb2.BadRequest).field_violations[0].field == "sampling.#1001"
 
 
 @pytest.mark.parametrize("metadata", [[APP], [APP, ("x-api-key", "wrong-key")]], ids=["no key", "wrong key"])
@@ -112,3 +213,45 @@ def test_requests_without_a_valid_key_are_unauthenticated(stub, metadata):
         with pytest.raises(grpc.RpcError) as info:
             call(request, metadata=metadata, timeout=30)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_overload_is_resource_exhausted_with_retry_info(served, ray_cluster):
+    """An application that admits one request at a time: while a stream holds the slot, a second
+    request is refused with RESOURCE_EXHAUSTED, a RetryInfo and `retry-after`, unary or streaming."""
+    import uuid
+
+    from cluster.spec import ClusterSpec
+    from tests.conftest import deployed_app
+    from tests.router.conftest import colocated_spec
+
+    raw = colocated_spec(served.spec).model_dump(mode="json")
+    raw["pools"].pop("vision", None)
+    raw.update(max_in_flight=1, telemetry_prefix=f"test:{uuid.uuid4().hex}")
+    name = "grpc-overload"
+    with deployed_app(ClusterSpec.model_validate(raw), name, "/grpc-overload", ray_cluster):
+        metadata = [("application", name), ("x-api-key", API_KEY)]
+        with grpc.insecure_channel(served.grpc_address) as channel:
+            stub = pavana_pb2_grpc.PavanaStub(channel)
+            holder = stub.GenerateStream(pb.GenerateRequest(text="Hold the line", sampling=greedy(200, ignore_eos=True)), metadata=metadata, timeout=120)
+            assert next(holder).id  # admitted and streaming: the one slot is taken
+            try:
+                for error in unary_and_stream(stub, pb.GenerateRequest(text="Me too", sampling=greedy(2)), metadata):
+                    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    retry = detail(error, error_details_pb2.RetryInfo)
+                    assert retry is not None and retry.retry_delay.seconds >= 1
+                    assert dict(error.trailing_metadata())["retry-after"] == str(retry.retry_delay.seconds)
+            finally:
+                holder.cancel()
+
+
+def test_reflection_lists_the_services_without_the_proto(channel):
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    database = ProtoReflectionDescriptorDatabase(channel)
+    services = set(database.get_services())
+    assert {"pavana.v1.Pavana", "grpc.health.v1.Health"} <= services
+    pool = DescriptorPool(database)
+    generate = pool.FindServiceByName("pavana.v1.Pavana").methods_by_name["GenerateStream"]
+    assert generate.output_type.full_name == "pavana.v1.GenerateResponse" and generate.server_streaming
+    assert "response_format" in pool.FindMessageTypeByName("pavana.v1.GenerateRequest").fields_by_name
