@@ -25,9 +25,9 @@ from rich.table import Table
 
 from bench.common import command_line, machine_info, run_from_command_line, write_json
 from benchmarks.local_serving import API_KEY, deployed, local_serve
+from pavana_data import trace_path
 
 console = Console()
-TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv"
 CLASSES = "interactive=0.7,batch=0.3"
 CONFIGS = (  # name, topology, policy
     ("colocated-sarathi", "colocated", "sarathi"),
@@ -43,7 +43,7 @@ HEADLINE = ("ttft_p50_s", "ttft_p99_s", "tbt_p50_s", "tbt_p99_s", "tbt_max_s", "
 
 def _settings(quick: bool) -> dict[str, Any]:
     return {
-        "trace": TRACE.name,
+        "trace": trace_path("conv").name,
         "trace_start": 1000,
         "num_requests": 60 if quick else 200,
         "rate_scale": 1.0,
@@ -82,7 +82,7 @@ def _run_one(name: str, spec, ports, settings: dict[str, Any], tokenizer) -> tup
 
     with deployed(spec, name, ports) as url:
         model, max_context = served_model(url, API_KEY)
-        rows = from_trace(read_azure_trace(TRACE, start=settings["trace_start"], limit=settings["num_requests"]), rate_scale=settings["rate_scale"])
+        rows = from_trace(read_azure_trace(trace_path("conv"), start=settings["trace_start"], limit=settings["num_requests"]), rate_scale=settings["rate_scale"])
         planned, clamped = plan(
             [r.arrival_s for r in rows], [(r.context_tokens, r.generated_tokens) for r in rows], class_mix=parse_class_mix(settings["classes"]),
             max_context_tokens=max_context, max_prompt_tokens=settings["max_prompt_tokens"], max_output_tokens=settings["max_output_tokens"],

@@ -5,7 +5,7 @@ context they attend to. Two cost models read it:
 
 - `LinearCostModel`: least squares over profiles of Pavana's own engine on this machine
   (`pavana profile`): time = a + b·prefill tokens + c·decode tokens + d·attended context.
-- `GpuCostModel`: Vidur's published per-operator GPU profiles (shared data) for the
+- `GpuCostModel`: Vidur's published per-operator GPU profiles (carried in `pavana_data/profiles`) for the
   token-level operators, which dominate a 7–8B model's step, and an analytic attention term,
   since the attention kernel profiles are not among the shared data: prefill attention as
   FLOPs at a stated efficiency of the GPU's peak, decode attention as KV bytes read at a
@@ -25,9 +25,8 @@ from typing import Protocol
 
 import numpy as np
 
+from pavana_data import profiles_dir as default_profiles_dir
 from workers.engine.scheduler import ScheduledBatch
-
-PROFILES = Path(__file__).resolve().parents[2] / "shared" / "data" / "profiles"
 
 
 class CostModelError(ValueError):
@@ -216,7 +215,10 @@ class GpuCostModel:
 
     @classmethod
     def from_profiles(cls, gpu: str = "a100", model: str = "llama2-7b", tp: int = 1, num_layers: int = 32,
-                      profiles_dir: Path = PROFILES) -> GpuCostModel:
+                      profiles_dir: Path | None = None) -> GpuCostModel:
+        """`profiles_dir` defaults to the profiles Pavana carries (or `PAVANA_DATA_DIR`'s),
+        looked up at call time so that the variable may be set after import."""
+        profiles_dir = default_profiles_dir() if profiles_dir is None else Path(profiles_dir)
         if gpu not in GPUS:
             raise CostModelError(f"gpu: unknown {gpu!r}; choose one of {sorted(GPUS)}")
         if model not in MODELS:
@@ -305,9 +307,11 @@ class Network:
         return self.within_site_latency_s + num_bytes / bw + (0.0 if same_site else extra_latency_s)
 
     @classmethod
-    def from_profile(cls, gpu: str = "h100", between_sites_gbit_s: float = 100.0, profiles_dir: Path = PROFILES) -> Network:
+    def from_profile(cls, gpu: str = "h100", between_sites_gbit_s: float = 100.0,
+                     profiles_dir: Path | None = None) -> Network:
         """Between nodes of a site: a line fitted to Vidur's send/recv profile across nodes
         (one device per node); between sites: a stated WAN bandwidth."""
+        profiles_dir = default_profiles_dir() if profiles_dir is None else Path(profiles_dir)
         path = profiles_dir / f"{gpu}_dgx_send_recv.csv"
         if not path.is_file():
             raise CostModelError(f"no send/recv profile for {gpu} (looked for {path})")

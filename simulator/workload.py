@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-AZURE_TRACES = {name: SHARED_DATA / "traces" / f"AzureLLMInferenceTrace_{name}.csv" for name in ("code", "conv")}
+from pavana_data import trace_path
+
+AZURE_TRACES = ("code", "conv")  # the Azure LLM inference traces 2023 that pavana_data carries
 
 
 class WorkloadError(ValueError):
@@ -115,10 +116,11 @@ def _seconds(text: str) -> float:
 
 
 def azure_trace(name: str, **kwargs) -> list[TraceRequest]:
-    """One of the shared Azure traces by name ('code' or 'conv'), read where it lies."""
+    """One of the Azure traces Pavana carries by name ('code' or 'conv'), from `pavana_data`
+    (or `PAVANA_DATA_DIR`)."""
     if name not in AZURE_TRACES:
         raise WorkloadError(f"trace: unknown Azure trace {name!r}; choose one of {sorted(AZURE_TRACES)}")
-    return load_trace(AZURE_TRACES[name], **kwargs)
+    return load_trace(trace_path(name), **kwargs)
 
 
 # -- synthetic arrivals --------------------------------------------------------------------------

@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.cost_model import GPUS, OPS, PROFILES, BatchShape, CostModelError, GpuCostModel
+from pavana_data import profiles_dir as default_profiles_dir
+from simulator.cost_model import GPUS, OPS, BatchShape, CostModelError, GpuCostModel
 
 # Llama-3-70B's shape (8K context covers the Azure traces; Llama-2-70B's 4K would refuse 14% of
 # the code trace's prompts).
@@ -115,7 +116,8 @@ class TensorParallelCostModel(GpuCostModel):
             "per layer from Vidur's A100 DGX all-reduce profile (one node, size read as bytes); analytic attention")}
 
 
-def llama70b_cost_model(tp: int, profiles_dir: Path = PROFILES) -> TensorParallelCostModel:
+def llama70b_cost_model(tp: int, profiles_dir: Path | None = None) -> TensorParallelCostModel:
+    profiles_dir = default_profiles_dir() if profiles_dir is None else Path(profiles_dir)
     if tp not in (2, 4, 8):
         raise CostModelError(f"tp: a 70B-class model needs 2, 4 or 8 A100-80GB GPUs (140 GB of bf16 weights), got {tp}")
     path = profiles_dir / "a100_Meta-Llama-3-8B_mlp.csv"

@@ -1,10 +1,11 @@
 """A synthetic workload with the marginals of Azure's multimodal inference trace (2025), the
 trace ModServe was measured on (Qiu et al., SoCC 2025). The trace itself cannot be had here;
-its dataset notebook's figures can (`shared/data/traces/azure_lmm_2025/README.txt`), and this
+its dataset notebook's figures can (analysis/AzureLMMInferenceDataset2025.ipynb in
+github.com/Azure/AzurePublicDataset, CC-BY 4.0; cite Qiu et al., SoCC 2025), and this
 module draws requests that match what they show. Pure and seeded: the same settings give the
 same requests.
 
-Distributions (every figure read from the README and its plots):
+Distributions (every figure read from the notebook's plots):
 
 - Images per image request: an empirical piecewise CDF, `IMAGE_CDF`. The trace's CDF rises in
   steps at 1, 4, 9, 16 and 25 images (grids of images) — 66% one image, 71% <= 4, 86% <= 9,

@@ -14,8 +14,9 @@ from bench.arrivals import gamma_arrivals, poisson_arrivals
 from bench.prompts import PromptFactory
 from bench.trace import TraceError, read_azure_trace
 from bench.workload import QOS_HEADER, WorkloadError, from_trace, http_requests, parse_class_mix, plan
+from pavana_data import trace_path
 
-SHARED_TRACE = Path("/work/shared/data/traces/AzureLLMInferenceTrace_conv.csv")
+AZURE_CONV = trace_path("conv")  # carried in pavana_data
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +70,9 @@ def test_bad_arrival_options(call, match):
 # -- traces -----------------------------------------------------------------------------------
 
 
-def test_shared_azure_trace_slice():
-    rows = read_azure_trace(SHARED_TRACE, start=10, limit=5)
-    with SHARED_TRACE.open() as f:
+def test_azure_trace_slice():
+    rows = read_azure_trace(AZURE_CONV, start=10, limit=5)
+    with AZURE_CONV.open() as f:
         expected = list(csv.reader(f))[11:16]  # header, then rows 0..9 skipped
     assert [(r.context_tokens, r.generated_tokens) for r in rows] == [(int(c), int(g)) for _, c, g in expected]
     assert rows[0].arrival_s == 0.0
@@ -117,7 +118,7 @@ def test_missing_trace_file_and_bad_slice(tmp_path):
     with pytest.raises(TraceError, match="cannot read"):
         read_azure_trace(tmp_path / "absent.csv")
     with pytest.raises(TraceError, match="limit"):
-        read_azure_trace(SHARED_TRACE, limit=0)
+        read_azure_trace(AZURE_CONV, limit=0)
 
 
 # -- classes, images, clamping ----------------------------------------------------------------

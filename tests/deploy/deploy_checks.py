@@ -1,7 +1,7 @@
 """Checks of rendered manifests that need no cluster.
 
-- Custom resources (RayService, RayCluster) against KubeRay's own CRD schemas, read from the
-  shared data, with unknown fields refused as the API server's strict field validation does.
+- Custom resources (RayService, RayCluster) against KubeRay's own CRD schemas (carried in
+  tests/deploy/kuberay_crds with their licence), with unknown fields refused as the API server's strict field validation does.
 - Built-in kinds (Deployment, Service, Secret, ConfigMap, PersistentVolumeClaim): required
   fields, names, and the references between objects — selectors that select a pod, named
   ports that exist, Secrets, ConfigMaps, claims and volumes that a pod names.
@@ -29,7 +29,7 @@ import yaml
 from deploy_render import Resource, is_builtin, resource_id
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_KUBERAY = REPO.parent / "shared" / "data" / "kuberay"
+KUBERAY_CRDS = Path(__file__).resolve().parent / "kuberay_crds"
 CRD_FILES = {"RayService": "ray.io_rayservices.yaml", "RayCluster": "ray.io_rayclusters.yaml"}
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -70,7 +70,7 @@ def strict(schema: Any) -> Any:
 
 @functools.cache
 def crd_validator(kind: str, version: str) -> jsonschema.protocols.Validator:
-    path = SHARED_KUBERAY / CRD_FILES[kind]
+    path = KUBERAY_CRDS / CRD_FILES[kind]
     crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     served = [v for v in crd["spec"]["versions"] if v["name"] == version and v.get("served")]
     if not served:

@@ -101,6 +101,17 @@ def test_copies_every_package_and_the_keeper():
     assert sidecar_script in (KUBERAY / "base" / "rayservice.yaml").read_text()
 
 
+def test_the_image_carries_the_data_and_its_licences():
+    """The image is built from the repository alone: the data package goes in whole (its
+    files are package data, so `pip install .` installs them), and nothing from beside it."""
+    assert ("pavana_data", "pavana_data") in copies()
+    data_files = [str(p.relative_to(REPO)) for p in (REPO / "pavana_data").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert any(f.endswith(".csv") for f in data_files) and any(f.endswith("LICENSE") for f in data_files)
+    for path in data_files:
+        assert included(path), f"{path} is data the image needs but .dockerignore leaves it out"
+    assert not any(".." in src or src.startswith("/") for src, _ in copies())
+
+
 def test_the_build_context_holds_what_the_image_copies():
     for src, _ in copies():
         for path in ([src] if (REPO / src).is_file() else [str(p.relative_to(REPO)) for p in (REPO / src).rglob("*.py")][:50]):
