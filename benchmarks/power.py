@@ -2,9 +2,12 @@
 least-loaded serving, over a week of wind power at three sites, with the same replica budget.
 
 A harness over the pure policies, hour by hour (the simulator will replace it):
-- Power: three sites fed by wind farms 1–3 of the shared GEFCom2012 series (normalised output ×
-  each site's rated power), one week from the trace's first full week.
-- Demand: the shared Azure traces' request mix (code and conversation; tokens per request give
+- Power: three sites fed by wind farms 1–3 (normalised output × each site's rated power) of
+  the GEFCom2012 series, one week from its first full week, where that file is found
+  (`PAVANA_WIND_CSV`, or the shared data folder beside the working directory; it has no open
+  licence, so Pavana does not carry it); elsewhere of Pavana's built-in wind model
+  (`cluster/wind.py`, calibrated to those farms, seed 0). The result names which.
+- Demand: the Azure traces' request mix (carried in `pavana_data`) (code and conversation; tokens per request give
   each class's cost in replica-seconds) at a rate that would keep half the replica budget 80%
   busy, shaped by the traces' own per-minute arrival pattern, cycled over the week.
 - Power-aware: each hour, place the replica budget where last hour's power (persistence)
@@ -29,10 +32,11 @@ from rich.table import Table
 
 from autoscaler.site_planner import ClassDemand, SiteInput, best_mode_mix, plan_power
 from cluster.power_modes import Mode
+from cluster.wind import GEFCOM_LIKE
 from bench.common import command_line, machine_info, run_from_command_line, write_json
+from pavana_data import external_wind_csv, trace_path
 
 console = Console()
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODES = (Mode("full", 400.0, 1.0), Mode("capped", 250.0, 0.7))
 RATED_W = 6000.0  # each site's power at full wind
 BUDGET = 12  # replicas the fleet may run across all sites, for both policies
@@ -42,18 +46,23 @@ PREFILL_TOKENS_PER_S = 8000.0
 DECODE_TOKENS_PER_S = 400.0
 
 
-def wind_week(columns: tuple[str, ...], hours: int) -> np.ndarray:
-    """[hours, sites] normalised output, from the first run of `hours` consecutive rows."""
-    with open(SHARED / "power" / "gefcom2012_wind_5farms_hourly.csv") as f:
-        rows = [(r["date"], [float(r[c]) for c in columns]) for r in csv.DictReader(f) if all(r[c] for c in columns)]
-    return np.array([v for _, v in rows[:hours]])
+def wind_week(columns: tuple[str, ...], hours: int) -> tuple[np.ndarray, str]:
+    """[hours, sites] normalised output and where it came from: GEFCom2012's first `hours`
+    rows where the file is found, else the built-in model's first `hours` (seed 0)."""
+    path = external_wind_csv()
+    if path is not None and path.is_file():
+        with path.open() as f:
+            rows = [(r["date"], [float(r[c]) for c in columns]) for r in csv.DictReader(f) if all(r[c] for c in columns)]
+        return np.array([v for _, v in rows[:hours]]), f"GEFCom2012 ({path.name}), farms {', '.join(columns)}"
+    series = GEFCOM_LIKE.sample(hours, seed=0)[:, [GEFCOM_LIKE.farm_index(c) for c in columns]]
+    return series, f"Pavana's built-in wind model (calibrated to GEFCom2012), seed 0, farms {', '.join(columns)}"
 
 
 def trace_classes() -> list[tuple[str, float, np.ndarray]]:
     """(class, cost in replica-seconds per request, per-minute arrival shape normalised to mean 1)."""
     out = []
     for name in ("code", "conv"):
-        with open(SHARED / "traces" / f"AzureLLMInferenceTrace_{name}.csv") as f:
+        with trace_path(name).open() as f:
             rows = list(csv.DictReader(f))
         prompt = np.array([float(r["ContextTokens"]) for r in rows])
         output = np.array([float(r["GeneratedTokens"]) for r in rows])
@@ -87,7 +96,8 @@ def place_budget(power_w: np.ndarray, budget: int) -> list[int]:
 
 
 def simulate(hours: int = 168) -> dict[str, Any]:
-    power = wind_week(("wp1", "wp2", "wp3"), hours) * RATED_W
+    wind, wind_source = wind_week(("wp1", "wp2", "wp3"), hours)
+    power = wind * RATED_W
     classes = trace_classes()
     mean_cost = float(np.mean([c for _, c, _ in classes]))
     # Demand that would keep half the budget 80% busy at full clock, shaped by the traces.
@@ -120,6 +130,7 @@ def simulate(hours: int = 168) -> dict[str, Any]:
         per_hour.append((h, rate, served_aware, served_oblivious, float(power[h].sum())))
     return {
         "hours": hours,
+        "wind": wind_source,
         "forecast_error_1h": forecast_errors(power),
         "offered_requests": offered,
         "goodput_power_aware": aware,
@@ -164,6 +175,7 @@ def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
     table.add_row("power-oblivious least-loaded", f"{result['goodput_power_oblivious']:,.0f}", f"{result['served_fraction_power_oblivious']:.1%}")
     table.add_row("[bold]ratio[/bold]", f"[bold]{result['goodput_ratio_power_aware_vs_oblivious']:.2f}×[/bold]", "")
     console.print(table)
+    console.print(f"Wind: {result['wind']}")
     errors = result["forecast_error_1h"]
     console.print(
         f"One-hour-ahead forecast error (mean absolute, share of rated power): persistence "

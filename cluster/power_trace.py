@@ -1,10 +1,11 @@
-"""Replaying a recorded power series (a wind farm's output) against wall-clock time, so that
+"""Replaying a power series (a wind farm's output) against wall-clock time, so that
 experiments with sites whose power comes and goes are repeatable.
 
-Traces are hourly and often normalised to the farm's capacity (0..1); a site's `scale_w` turns
-them into watts, `start` picks where the replay begins and `speed` how many trace seconds pass
-per wall second. Between two points the power is interpolated linearly; at the end the replay
-wraps around to the beginning.
+A series comes from a CSV file (`TracePower`: a recording such as GEFCom2012's farms) or from
+Pavana's built-in wind model (`WindPower`, `cluster.wind`); both are hourly and normalised to
+the farm's capacity (0..1). A site's `scale_w` turns them into watts, `start` picks where the
+replay begins and `speed` how many series seconds pass per wall second. Between two points the
+power is interpolated linearly; at the end the replay wraps around to the beginning.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-SECONDS_PER_ROW = 3600.0  # the shared traces are hourly
+SECONDS_PER_ROW = 3600.0  # traces and the wind model are hourly
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,21 @@ class PowerTrace:
         if not rows:
             raise ValueError(f"power.column: {column!r} of {path.name} has no values")
         return cls(column, tuple(stamp for stamp, _ in rows), np.array([float(v) for _, v in rows]))
+
+    @classmethod
+    def from_wind_model(cls, farm: str, *, seed: int, hours: int) -> PowerTrace:
+        """One farm of the built-in wind model's joint sample; its stamps are hour numbers."""
+        from cluster.wind import GEFCOM_LIKE, builtin_series
+
+        series = builtin_series(seed, hours)[:, GEFCOM_LIKE.farm_index(farm)]
+        return cls(farm, tuple(str(h) for h in range(hours)), series)
+
+    @classmethod
+    def from_source(cls, source: Any) -> PowerTrace:
+        """The series a spec's `TracePower` or `WindPower` names."""
+        if source.kind == "wind":
+            return cls.from_wind_model(source.farm, seed=source.seed, hours=source.hours)
+        return cls.from_csv(source.path, source.column)
 
     def start_index(self, start: int | str | None) -> int:
         """A row offset, or the row whose first column equals `start` (e.g. '2010010100')."""
@@ -65,10 +81,10 @@ def power_at(trace: PowerTrace, *, start_index: int, speed: float, scale_w: floa
 
 
 class TraceReplayer:
-    """The adapter from a spec's `TracePower` to watts over wall-clock time."""
+    """The adapter from a spec's `TracePower` or `WindPower` to watts over wall-clock time."""
 
     def __init__(self, source: Any) -> None:
-        self.trace = PowerTrace.from_csv(source.path, source.column)
+        self.trace = PowerTrace.from_source(source)
         self.start_index = self.trace.start_index(source.start)
         self.speed = source.speed
         self.scale_w = source.scale_w

@@ -115,14 +115,41 @@ class TracePower(_Model):
     speed: float = Field(1.0, gt=0, description="trace seconds per wall-clock second")
 
 
+class WindPower(_Model):
+    """Pavana's built-in wind model (`cluster.wind`): five farms calibrated to GEFCom2012's,
+    generated from a seed, so a spec has wind-powered sites with no data file at all.
+
+    Sites that name the same `seed` (and `hours`) read one joint sample, so their farms
+    correlate as the calibrated ones do (from 0.24 for `wp2`-`wp5` to 0.76 for `wp1`-`wp4`);
+    different seeds give independent wind. Replayed like a trace: an hour per row, `start`
+    the first hour, wrapping around after `hours`.
+    """
+
+    kind: Literal["wind"]
+    farm: Literal["wp1", "wp2", "wp3", "wp4", "wp5"] = Field(description="which calibrated farm")
+    seed: int = Field(0, ge=0, description="the joint sample of all farms")
+    hours: int = Field(8760, ge=48, le=10 * 8760, description="length of the sample before it wraps around")
+    scale_w: float = Field(gt=0, description="watts at the farm's rated output (a value of 1.0)")
+    start: int = Field(0, ge=0, description="the hour of the sample to start at")
+    speed: float = Field(1.0, gt=0, description="model seconds per wall-clock second")
+
+    @model_validator(mode="after")
+    def _start_within(self) -> WindPower:
+        if self.start >= self.hours:
+            raise ValueError(f"start: hour {self.start} is outside the sample's {self.hours} hours")
+        return self
+
+
 class RedisPower(_Model):
     """Live values that a site's power meter writes to the telemetry store."""
 
     kind: Literal["redis"]
 
 
-# Discriminated on `kind` so an error names the one source meant, not all three.
-PowerSource = Annotated[ConstantPower | TracePower | RedisPower, Field(discriminator="kind")]
+# Discriminated on `kind` so an error names the one source meant, not all four.
+PowerSource = Annotated[ConstantPower | TracePower | WindPower | RedisPower, Field(discriminator="kind")]
+# The sources whose power is a series replayed against the clock (`cluster.power_trace`).
+REPLAYED_POWER = (TracePower, WindPower)
 
 
 class SiteSpec(_Model):

@@ -1,8 +1,10 @@
 """Each site's available power now, from the source its spec names: a constant, a replayed
-trace, or a meter's readings in Redis — and the planner's view of each site built from it.
+trace or the built-in wind model, or a meter's readings in Redis — and the planner's view of
+each site built from it.
 
-Constant and trace sources are published to Redis by the reconcile loop, so the ingress and
-`pavana status` see every site's power the same way; a meter writes its own `SitePower` records.
+Constant, trace and wind-model sources are published to Redis by the reconcile loop, so the
+ingress and `pavana status` see every site's power the same way; a meter writes its own
+`SitePower` records.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import time
 
 from cluster.records import SitePower, TelemetrySnapshot
-from cluster.spec import ClusterSpec, ConstantPower, RedisPower, TracePower
+from cluster.spec import REPLAYED_POWER, ClusterSpec, ConstantPower, RedisPower
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +24,7 @@ class PowerSources:
         self.started_s = time.time() if started_s is None else started_s
         self._replayers = {}
         for site in spec.sites:
-            if isinstance(site.power, TracePower):
+            if isinstance(site.power, REPLAYED_POWER):
                 from cluster.power_trace import TraceReplayer
 
                 self._replayers[site.name] = TraceReplayer(site.power)
@@ -32,7 +34,7 @@ class PowerSources:
         source = self.spec.site(site).power
         if isinstance(source, ConstantPower):
             return source.power_w
-        if isinstance(source, TracePower):
+        if isinstance(source, REPLAYED_POWER):
             return self._replayers[site].power_w(now_s - self.started_s)
         assert isinstance(source, RedisPower)
         reading = snapshot.site_power.get(site)

@@ -176,10 +176,15 @@ def experiment(
     name: str = typer.Argument(..., help="sarathi | modserve | heron"),
     quick: bool = QuickOption,
     json_path: Optional[Path] = JsonOption,
+    wind_csv: Optional[Path] = typer.Option(
+        None, "--wind", help="heron: GEFCom2012's wind CSV, which Pavana does not carry (else $PAVANA_WIND_CSV, "
+        "else ../shared/data/power/ beside the working directory)"),
 ) -> None:
     """Reproduce a paper's comparison with GPU profiles; prints a table, writes JSON and plots."""
     from simulator.experiments import EXPERIMENTS
 
     if name not in EXPERIMENTS:
         _fail(ValueError(f"experiment: unknown {name!r}; choose one of {sorted(EXPERIMENTS)}"))
-    EXPERIMENTS[name](quick=quick, json_path=json_path)
+    if wind_csv is not None and name != "heron":
+        _fail(ValueError(f"--wind: only the heron experiment reads a wind series, not {name!r}"))
+    EXPERIMENTS[name](quick=quick, json_path=json_path, **({"wind_csv": wind_csv} if wind_csv is not None else {}))

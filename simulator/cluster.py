@@ -32,7 +32,7 @@ from autoscaler.round import Observation, RoundResult, settings_from_spec
 from cluster.power_modes import Mode, full_mode, mode_for_replica
 from cluster.power_trace import PowerTrace, power_at
 from cluster.records import ReplicaHeartbeat, RequestRecord, TelemetrySnapshot, pool_key, rank_id
-from cluster.spec import ClusterSpec, ConstantPower, TracePower
+from cluster.spec import REPLAYED_POWER, ClusterSpec, ConstantPower
 from router.admission import AdmissionControl, Overloaded
 from router.replica_choice import ReplicaLoad, rank_for_decode, rank_for_prefill
 from router.site_router import SPILL_SHARE_OF_TTFT, SiteLoad, SitePower, choose_site
@@ -160,12 +160,12 @@ class SimCluster:
         if isinstance(s.power, ConstantPower):
             watts = s.power.power_w
             fn = lambda t, w=watts: w  # noqa: E731
-        elif isinstance(s.power, TracePower):
-            trace = PowerTrace.from_csv(s.power.path, s.power.column)
+        elif isinstance(s.power, REPLAYED_POWER):
+            trace = PowerTrace.from_source(s.power)
             start, speed, scale = trace.start_index(s.power.start), s.power.speed, s.power.scale_w
             fn = lambda t: power_at(trace, start_index=start, speed=speed, scale_w=scale, elapsed_s=t)  # noqa: E731
         else:
-            raise ValueError(f"sites.{s.name}.power: the simulator replays constant or trace power, not {s.power.kind!r}")
+            raise ValueError(f"sites.{s.name}.power: the simulator replays constant, trace or wind-model power, not {s.power.kind!r}")
         return SiteState(s.name, s.latency_ms / 1e3, modes, s.max_replicas, fn)
 
     def _start_replica(self, pool: str, site: SiteState, *, cold: bool) -> BaseReplica:

@@ -57,13 +57,13 @@ from simulator.experiments.heron_sim import PolicyRun, breakdown, cluster_routes
 from simulator.experiments.heron_sites import (
     HOUR_S,
     INTERVAL_S,
-    WIND_PATH,
     WindDataMissing,
     correlation,
     installed_replicas,
     interval_power,
     least_correlated,
     load_wind,
+    wind_path,
     step_power,
     typical_window,
     window_arrivals,
@@ -136,10 +136,13 @@ class Setup:
     installed: dict[str, int]
     interval_w: dict[str, np.ndarray]  # site -> watts per interval
     sizing_w: dict[str, float]  # site -> the sizing percentile of its power over the contiguous part
+    wind_csv: Path  # the GEFCom2012 file read
 
 
-def site_setup(scale: Scale, wind_path: Path = WIND_PATH) -> Setup:
-    wind = load_wind(wind_path)
+def site_setup(scale: Scale, wind_csv: Path | None = None) -> Setup:
+    """`wind_csv`: GEFCom2012's file; None looks for it as `heron_sites.wind_path` does."""
+    wind_csv = wind_path(wind_csv)
+    wind = load_wind(wind_csv)
     farms = least_correlated(wind.values, wind.farms, NUM_SITES)
     series = np.column_stack([wind.column(f) for f in farms])
     start = typical_window(series, hours=scale.hours)
@@ -151,7 +154,7 @@ def site_setup(scale: Scale, wind_path: Path = WIND_PATH) -> Setup:
         interval_w[name] = interval_power(series[:, i], start, scale.intervals) * scale.rated_w
         sizing_w[name] = float(np.percentile(series[:, i], SIZING_PERCENTILE)) * scale.rated_w
     return Setup(farms, wind.stamps[start], start, correlation(series[start:start + scale.hours]), correlation(series),
-                 installed, interval_w, sizing_w)
+                 installed, interval_w, sizing_w, wind_csv)
 
 
 def heron_spec(setup: Setup, scale: Scale, *, capped_mode: bool) -> ClusterSpec:
@@ -162,7 +165,7 @@ def heron_spec(setup: Setup, scale: Scale, *, capped_mode: bool) -> ClusterSpec:
     sites = []
     for (name, n), farm, latency in zip(setup.installed.items(), setup.farms, LATENCY_MS):
         sites.append({"name": name, "latency_ms": latency, "max_replicas": n, "power_modes": power_modes(TP, capped=capped_mode),
-                      "power": {"kind": "trace", "path": str(WIND_PATH), "column": farm, "scale_w": scale.rated_w,
+                      "power": {"kind": "trace", "path": str(setup.wind_csv), "column": farm, "scale_w": scale.rated_w,
                                 "speed": INTERVAL_S / scale.window_s, "start": setup.start_stamp}})
     return ClusterSpec.parse({
         "topology": "colocated", "sites": sites,
@@ -224,10 +227,11 @@ def policies_to_run() -> tuple[list[Policy], list[str]]:
     return run, skipped
 
 
-def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
+def main(quick: bool = False, json_path: Path | None = None, wind_csv: Path | None = None) -> dict[str, Any]:
+    """`wind_csv`: the GEFCom2012 series (not carried by Pavana; see `heron_sites.wind_path`)."""
     scale = QUICK if quick else FULL
     try:
-        setup = site_setup(scale)
+        setup = site_setup(scale, wind_csv)
     except WindDataMissing as exc:
         raise SystemExit(f"pavana sim experiment heron: {exc}") from None
     cost = llama70b_cost_model(TP)
@@ -318,7 +322,7 @@ def _results(quick, scale, setup, cost, planner, trace, policies, skipped, runs,
         "correlation": {"sites": farms, "farms": list(setup.farms), "over_simulated_hours": np.round(setup.week_correlation, 3).tolist(),
                         "over_contiguous_series": np.round(setup.long_run_correlation, 3).tolist()},
         "setup": {
-            "wind": {"file": str(WIND_PATH), "contiguous_part": "2009-07-01 00:00 to 2011-01-01 00:00", "start": setup.start_stamp,
+            "wind": {"file": setup.wind_csv.name, "contiguous_part": "2009-07-01 00:00 to 2011-01-01 00:00", "start": setup.start_stamp,
                      "hours": scale.hours, "farms": list(setup.farms), "time_offset": "none: the farms at the same hours",
                      "farm_choice": "the 3 of 5 farms whose largest pairwise correlation over the contiguous part is lowest",
                      "window_choice": f"the first {scale.hours} h (starting in 7-day steps from 2009-07-01) with every pairwise "

@@ -1,7 +1,8 @@
 """The sites and the clock of the Heron experiment, as pure helpers over plain arrays:
 
-- the wind: GEFCom2012's hourly farm output, read where it lies in ../shared (no open licence,
-  so never copied), only its contiguous part (2009-07-01 00:00 to 2011-01-01 00:00);
+- the wind: GEFCom2012's hourly farm output, read from a path the user gives (no open
+  licence, so Pavana does not carry it; `pavana_data.external_wind_csv`), only its contiguous
+  part (2009-07-01 00:00 to 2011-01-01 00:00);
 - which farms and which hours: the three farms whose largest pairwise correlation over the
   contiguous part is lowest, at the same hours (no time offset), and the first week-aligned
   window (of the run's length) whose every pairwise correlation is below a bound and whose mean
@@ -25,9 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.workload import SHARED_DATA
-
-WIND_PATH = SHARED_DATA / "power" / "gefcom2012_wind_5farms_hourly.csv"
+from pavana_data import WIND_CSV_ENV_VAR, external_wind_csv
 CONTIGUOUS = ("2009070100", "2011010100")  # [first, end): no gaps in between
 FARMS = ("wp1", "wp2", "wp3", "wp4", "wp5")
 INTERVAL_S = 900.0  # one planning interval of wind time
@@ -48,14 +47,25 @@ class Wind:
         return self.values[:, self.farms.index(farm)]
 
 
-def load_wind(path: Path = WIND_PATH) -> Wind:
-    """The contiguous part of the shared wind series; a clear error when the file is absent."""
-    path = Path(path)
-    if not path.is_file():
+def wind_path(explicit: str | Path | None = None) -> Path:
+    """Where the Heron experiment reads GEFCom2012 from: the path given, else
+    `PAVANA_WIND_CSV`, else the shared data folder beside the working directory; a clear error
+    when none holds the file."""
+    path = external_wind_csv(explicit)
+    if path is None or not path.is_file():
+        where = f"no file at {path}" if path is not None else "no path given"
         raise WindDataMissing(
-            f"wind: no GEFCom2012 series at {path}. The Heron experiment reads the five farms' hourly output "
-            "from the shared data folder beside the project (../shared/data/power/gefcom2012_wind_5farms_hourly.csv); "
-            "the data has no open licence, so it is not in the repository. Put the file there to run it.")
+            f"wind: the GEFCom2012 series is needed and not found ({where}). The Heron experiment replays the five "
+            "farms' hourly output of GEFCom2012's wind track (gefcom2012_wind_5farms_hourly.csv: columns date, wp1..wp5); "
+            "the data has no open licence, so Pavana does not carry it. Give its path with --wind PATH or "
+            f"{WIND_CSV_ENV_VAR}=PATH, or keep the project's shared data folder beside the checkout "
+            "(../shared/data/power/).")
+    return path
+
+
+def load_wind(path: str | Path | None = None) -> Wind:
+    """The contiguous part of the GEFCom2012 series (`wind_path` finds it)."""
+    path = wind_path(path)
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in ("date", *FARMS) if c not in (reader.fieldnames or [])]

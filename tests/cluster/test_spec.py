@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.spec import ClusterSpec, SpecError, TracePower
+from cluster.spec import ClusterSpec, SpecError, TracePower, WindPower
 
 SPECS = Path(__file__).resolve().parents[2] / "deploy" / "specs"
 
@@ -23,22 +23,42 @@ def test_every_shipped_spec_loads_and_round_trips(name):
     assert ClusterSpec.from_yaml_text(spec.to_yaml()) == spec
 
 
-def test_trace_paths_resolve_against_the_spec_file():
-    spec = ClusterSpec.from_yaml(SPECS / "two-sites.yaml")
-    power = spec.site("farm-a").power
+def test_trace_paths_resolve_against_the_spec_file(tmp_path):
+    (tmp_path / "power").mkdir()
+    (tmp_path / "specs").mkdir()
+    text = "sites: [{name: a, power: {kind: trace, path: ../power/wind.csv, column: wp1, scale_w: 1000}}]"
+    (tmp_path / "specs" / "wind.yaml").write_text(text)
+    power = ClusterSpec.from_yaml(tmp_path / "specs" / "wind.yaml").site("a").power
     assert isinstance(power, TracePower)
-    assert Path(power.path).is_absolute() and Path(power.path).name == "gefcom2012_wind_5farms_hourly.csv"
+    assert Path(power.path) == (tmp_path / "power" / "wind.csv").resolve()
 
 
-def test_shipped_traces_exist_and_have_the_named_columns():
+def test_the_two_sites_example_needs_no_data_file():
+    """Demos run on a fresh clone: the example's wind is the built-in model, not a file."""
     spec = ClusterSpec.from_yaml(SPECS / "two-sites.yaml")
-    for site in spec.sites:
-        assert isinstance(site.power, TracePower)
-        trace = Path(site.power.path)
-        if not trace.parent.is_dir():
-            pytest.skip(f"shared data not beside the repository: {trace.parent}")
-        header = trace.read_text().splitlines()[0].split(",")
-        assert site.power.column in header, (site.name, header)
+    assert [(s.name, s.power.kind, s.power.farm) for s in spec.sites] == [("farm-a", "wind", "wp1"), ("farm-b", "wind", "wp3")]
+    assert len({s.power.seed for s in spec.sites}) == 1  # one joint sample: the farms correlate as calibrated
+
+
+@pytest.mark.parametrize(
+    ("power", "field"),
+    [
+        ("{kind: wind, farm: wp9, scale_w: 1000}", "farm"),
+        ("{kind: wind, farm: wp1}", "scale_w"),
+        ("{kind: wind, farm: wp1, scale_w: 1000, hours: 10}", "hours"),
+        ("{kind: wind, farm: wp1, scale_w: 1000, hours: 100, start: 100}", "start"),
+        ("{kind: wind, farm: wp1, scale_w: 1000, seed: -1}", "seed"),
+    ],
+)
+def test_bad_wind_sources_name_the_field(power, field):
+    with pytest.raises(SpecError, match=field):
+        ClusterSpec.from_yaml_text(f"sites: [{{name: a, power: {power}}}]")
+
+
+def test_a_wind_source_defaults_to_a_year_of_seed_zero():
+    power = ClusterSpec.from_yaml_text("sites: [{name: a, power: {kind: wind, farm: wp2, scale_w: 500}}]").site("a").power
+    assert isinstance(power, WindPower)
+    assert (power.seed, power.hours, power.start, power.speed) == (0, 8760, 0, 1.0)
 
 
 def test_pool_stage_defaults_to_its_key():

@@ -13,8 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 KUBERAY = REPO / "deploy" / "kuberay"
 OVERLAYS = ("cpu-local", "gpu", "two-sites", "external-redis")
 # Objects an overlay names but that docs/kubernetes.md creates with kubectl, from data kept
-# outside the repository.
-EXTERNAL = {"two-sites": {"ConfigMap": {"pavana-power-traces"}}}
+# outside the repository (none now: the two-sites overlay runs on the built-in wind model).
+EXTERNAL: dict[str, dict[str, set[str]]] = {}
 
 
 @functools.cache

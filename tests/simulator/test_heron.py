@@ -1,12 +1,15 @@
 """The Heron experiment's pure helpers: how sites are sized from their wind, how the week's
 15-minute intervals map onto simulated windows, and how each window's arrivals are read from
-a trace. Nothing here runs the simulator or reads the shared wind series."""
+a trace, and where the wind comes from. Nothing here runs the simulator; one test reads the
+GEFCom2012 series where it is present and skips, saying why, where it is not."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from gefcom_wind import gefcom_csv
+from simulator.experiments.heron import QUICK, site_setup
 from simulator.experiments.heron_model import GPU_CAPPED_W, GPU_FULL_W, power_modes
 from simulator.experiments.heron_sites import (
     WindDataMissing,
@@ -14,6 +17,7 @@ from simulator.experiments.heron_sites import (
     interval_power,
     least_correlated,
     load_wind,
+    wind_path,
     step_power,
     typical_window,
     window_arrivals,
@@ -93,9 +97,33 @@ def test_the_typical_window_skips_weeks_whose_sites_move_together():
         typical_window(together, hours=168)
 
 
-def test_missing_wind_data_is_a_clear_error(tmp_path):
+def test_missing_wind_data_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(WindDataMissing, match="no open licence"):
         load_wind(tmp_path / "gefcom2012_wind_5farms_hourly.csv")
+    # nothing given, no PAVANA_WIND_CSV, no shared folder beside the working directory
+    monkeypatch.delenv("PAVANA_WIND_CSV", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WindDataMissing, match="--wind PATH or PAVANA_WIND_CSV=PATH"):
+        wind_path()
+
+
+def test_the_wind_is_read_from_the_path_given_or_pavana_wind_csv(tmp_path, monkeypatch):
+    given = tmp_path / "given.csv"
+    from_env = tmp_path / "env.csv"
+    for path in (given, from_env):
+        path.write_text("date,wp1\n2009070100,0.5\n")
+    monkeypatch.setenv("PAVANA_WIND_CSV", str(from_env))
+    assert wind_path(given) == given
+    assert wind_path() == from_env
+
+
+def test_the_quick_setup_on_gefcom_picks_weakly_correlated_farms():
+    """Where the GEFCom2012 file is present (CI), the experiment's sites come from it."""
+    setup = site_setup(QUICK, gefcom_csv())
+    assert len(setup.farms) == 3 and setup.wind_csv.name == "gefcom2012_wind_5farms_hourly.csv"
+    off_diagonal = setup.week_correlation[~np.eye(3, dtype=bool)]
+    assert off_diagonal.max() < 0.3
+    assert all(n >= 1 for n in setup.installed.values())
 
 
 def test_a_replica_draws_its_gpus_power_in_each_mode():
