@@ -98,13 +98,15 @@ def test_the_found_server_really_starts_and_answers():
 
 @pytest.mark.redis
 def test_ensure_starts_a_server_that_outlives_it_on_a_free_port():
-    import redis
+    import socket
 
-    from conftest import free_port
+    import redis
 
     if find_redis_server() is None:
         pytest.skip(redis_server.INSTALL_HINT)
-    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     assert redis_server.ensure(port).startswith("redis: started ")
     client = redis.Redis(host="127.0.0.1", port=port)
     try:
