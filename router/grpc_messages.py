@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -22,8 +23,11 @@ from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from router.errors import invalid_request
+from router.formats import CompletionFormat
+from router.logprobs import LOGPROB_FLOOR, TokenTexts
 from router.proto import pavana_pb2 as pb
-from workers.requests import TokenChunk
+from router.protocol import ChatChoice, ChatChunkChoice, ToolCallDelta
+from workers.requests import TokenChunk, TokenLogprob
 
 # Proto fields of `SamplingParams` with presence that carry over to the body under their name.
 _OPTIONAL_SAMPLING = (
@@ -246,17 +250,120 @@ def usage(num_prompt_tokens: int, num_output_tokens: int) -> pb.Usage:
     return pb.Usage(prompt_tokens=num_prompt_tokens, completion_tokens=num_output_tokens, total_tokens=num_prompt_tokens + num_output_tokens)
 
 
-def with_top_level(response: pb.GenerateResponse, n: int) -> pb.GenerateResponse:
-    """Copy choice 0 to the top-level fields when there is one choice (clients written before
-    `choices` read those)."""
-    if n == 1 and len(response.choices) == 1:
-        only = response.choices[0]
-        response.text = only.text
-        response.token_ids.extend(only.token_ids)
-        response.finish_reason = only.finish_reason
-    return response
+def token_logprobs(entries: Sequence[TokenLogprob | None], texts: TokenTexts, token_ids: Sequence[int] | None = None) -> list[pb.TokenLogprob]:
+    """The engine's logprobs with each token's text and bytes, as HTTP reports them
+    (`router/logprobs.py`: the same strings, and the same floor for a ruled-out token). An
+    entry of None (a prompt's first token) names its token through `token_ids`."""
+    out = []
+    for i, entry in enumerate(entries):
+        if entry is None:
+            token_id = token_ids[i] if token_ids is not None else 0
+            out.append(pb.TokenLogprob(token_id=token_id, token=texts.token_str(token_id), bytes=texts.token_bytes(token_id)))
+            continue
+        top = [
+            pb.TopLogprob(token_id=tid, token=texts.token_str(tid), logprob=max(lp, LOGPROB_FLOOR), bytes=texts.token_bytes(tid)) for tid, lp in entry.top
+        ]
+        out.append(
+            pb.TokenLogprob(
+                token_id=entry.token_id, token=texts.token_str(entry.token_id), logprob=max(entry.logprob, LOGPROB_FLOOR),
+                bytes=texts.token_bytes(entry.token_id), top_logprobs=top,
+            )
+        )  # fmt: skip
+    return out
 
 
-def stream_choice(index: int, chunk: TokenChunk) -> pb.Choice:
-    """One choice's new text and ids from one token chunk."""
-    return pb.Choice(index=index, text=chunk.text, token_ids=chunk.token_ids, finish_reason=(chunk.finish_reason or "") if chunk.finished else "")
+class Answer:
+    """One request's gRPC answer, unary or streamed, built on its endpoint's HTTP format
+    (`router/formats.py`): the text (with `echo`), the tool calls read from the output and the
+    finish reasons come from the same per-choice code as over HTTP, and only their shape
+    differs here. gRPC adds what JSON leaves out: token ids, and token ids in the logprobs."""
+
+    def __init__(self, fmt: CompletionFormat, prepared: Any) -> None:
+        self.fmt = fmt
+        self.n = fmt.n
+        self.request_id = fmt.request_id
+        self.prompt_token_ids = list(prepared.request.prompt_token_ids)
+        self.echo_logprobs = fmt.logprobs and fmt.echo is not None
+        self._prompt_logprobs: tuple[TokenLogprob | None, ...] = ()
+        self._started: set[int] = set()
+        self._finished = 0
+
+    # -- unary ----------------------------------------------------------------------------------
+    def add(self, index: int, chunk: TokenChunk) -> None:
+        self.fmt.add(index, chunk)
+        if chunk.prompt_logprobs:
+            self._prompt_logprobs = chunk.prompt_logprobs
+
+    def response(self) -> pb.GenerateResponse:
+        whole = self.fmt.response()
+        choices = []
+        for choice, collected in zip(whole.choices, self.fmt.collected):
+            out = pb.Choice(index=choice.index, token_ids=collected.token_ids, finish_reason=choice.finish_reason or "")
+            if isinstance(choice, ChatChoice):
+                out.text = choice.message.content or ""
+                out.tool_calls.extend(
+                    pb.ToolCall(id=c.id, type=c.type, function=pb.FunctionCall(name=c.function.name, arguments=c.function.arguments), index=j)
+                    for j, c in enumerate(choice.message.tool_calls or [])
+                )
+            else:
+                out.text = choice.text
+            self._add_logprobs(out, collected.logprobs, first=True)
+            choices.append(out)
+        response = pb.GenerateResponse(id=self.request_id, model=self.fmt.model, choices=choices, usage=self._usage())
+        return self._with_top_level(response)
+
+    # -- a stream -------------------------------------------------------------------------------
+    def message(self, index: int, chunk: TokenChunk) -> pb.GenerateResponse:
+        """The stream message of one chunk of choice `index`: its new text (content and call
+        pieces, as HTTP's chunks of the same chunk say) and ids; the message that ends the last
+        choice carries the usage."""
+        if chunk.prompt_logprobs:
+            self._prompt_logprobs = chunk.prompt_logprobs
+        events = self.fmt.chunk(index, chunk)
+        out = pb.Choice(index=index, token_ids=chunk.token_ids)
+        for event in events:
+            for c in event.choices:
+                if isinstance(c, ChatChunkChoice):
+                    out.text += c.delta.content or ""
+                    out.tool_calls.extend(_call_piece(d) for d in c.delta.tool_calls or [])
+                else:
+                    out.text += c.text
+                if c.finish_reason:
+                    out.finish_reason = c.finish_reason
+        self._add_logprobs(out, chunk.logprobs, first=index not in self._started)
+        self._started.add(index)
+        response = pb.GenerateResponse(id=self.request_id, model=self.fmt.model, choices=[out])
+        if chunk.finished:
+            self._finished += 1
+            if self._finished == self.n:
+                response.usage.CopyFrom(self._usage())
+        return self._with_top_level(response)
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def _usage(self) -> pb.Usage:
+        return usage(self.fmt.num_prompt_tokens, self.fmt.output_tokens)
+
+    def _add_logprobs(self, out: pb.Choice, entries: Sequence[TokenLogprob], *, first: bool) -> None:
+        texts = self.fmt.texts
+        if not self.fmt.logprobs or texts is None:
+            return
+        out.logprobs.extend(token_logprobs(entries, texts))
+        if first and self.echo_logprobs and self._prompt_logprobs:
+            out.prompt_logprobs.extend(token_logprobs(self._prompt_logprobs, texts, self.prompt_token_ids))
+
+    def _with_top_level(self, response: pb.GenerateResponse) -> pb.GenerateResponse:
+        """Copy choice 0 to the top-level fields when there is one choice (clients written
+        before `choices` read those)."""
+        if self.n == 1 and len(response.choices) == 1:
+            only = response.choices[0]
+            response.text = only.text
+            response.token_ids.extend(only.token_ids)
+            response.finish_reason = only.finish_reason
+        return response
+
+
+def _call_piece(delta: ToolCallDelta) -> pb.ToolCall:
+    return pb.ToolCall(
+        index=delta.index, id=delta.id or "", type=delta.type or "",
+        function=pb.FunctionCall(name=delta.function.name or "", arguments=delta.function.arguments or ""),
+    )  # fmt: skip

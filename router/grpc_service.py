@@ -23,9 +23,9 @@ from pydantic import BaseModel, ValidationError
 
 from router.admission import QOS_HEADER
 from router.errors import APIError, from_validation_errors, invalid_request
-from router.formats import Collected
+from router.formats import ChatFormat, CompletionFormat, format_for
 from router.grpc_errors import set_grpc_error, stream_failure_details
-from router.grpc_messages import CHAT, openai_body, stream_choice, usage, with_top_level
+from router.grpc_messages import CHAT, Answer, openai_body
 from router.limits import check_grpc_message
 from router.prompt import PreparedRequest
 from router.proto import pavana_pb2 as pb
@@ -61,43 +61,35 @@ class GRPCMethods:
 
     # -- gRPC: pavana.v1.Pavana ----------------------------------------------------------------
     async def Generate(self, request: pb.GenerateRequest, grpc_context: Any) -> pb.GenerateResponse:
+        choices: AsyncIterator[tuple[int, TokenChunk]] | None = None
         try:
-            prepared, body = self._prepare_grpc(request, grpc_context)
-            collected = Collected()
-            async for chunk in self._generate(prepared):
-                collected.add(chunk)
+            prepared, answer = self._prepare_grpc(request, grpc_context)
+            choices = self.generate_choices(prepared)
+            async for index, chunk in choices:
+                answer.add(index, chunk)
+            return answer.response()
         except Exception as exc:
             set_grpc_error(grpc_context, exc)
             return pb.GenerateResponse()
-        choice = pb.Choice(index=0, text="".join(collected.text), token_ids=collected.token_ids, finish_reason=collected.finish_reason or "")
-        response = pb.GenerateResponse(
-            id=prepared.request.request_id,
-            model=body.model,
-            choices=[choice],
-            usage=usage(prepared.request.num_prompt_tokens, len(collected.token_ids)),
-        )
-        return with_top_level(response, 1)
+        finally:
+            if choices is not None:
+                await choices.aclose()
 
     async def GenerateStream(self, request: pb.GenerateRequest, grpc_context: Any) -> AsyncIterator[pb.GenerateResponse]:
-        stream: AsyncIterator[TokenChunk] | None = None
+        choices: AsyncIterator[tuple[int, TokenChunk]] | None = None
         try:
-            prepared, body = self._prepare_grpc(request, grpc_context)
-            num_output_tokens = 0
-            stream = self._generate(prepared)
-            async for chunk in stream:
-                num_output_tokens += len(chunk.token_ids)
-                message = pb.GenerateResponse(id=prepared.request.request_id, model=body.model, choices=[stream_choice(0, chunk)])
-                if chunk.finished:
-                    message.usage.CopyFrom(usage(prepared.request.num_prompt_tokens, num_output_tokens))
-                yield with_top_level(message, 1)
+            prepared, answer = self._prepare_grpc(request, grpc_context)
+            choices = self.generate_choices(prepared)
+            async for index, chunk in choices:
+                yield answer.message(index, chunk)
         except Exception as exc:
             # Ray carries the context's code and details with the exception, nothing more.
             details = stream_failure_details(set_grpc_error(grpc_context, exc))
             grpc_context.set_details(details)
             raise _GRPCFailure(details) from None
         finally:
-            if stream is not None:
-                await stream.aclose()
+            if choices is not None:
+                await choices.aclose()
 
     async def ListModels(self, request: pb.ListModelsRequest, grpc_context: Any) -> pb.ListModelsResponse:
         try:
@@ -109,9 +101,9 @@ class GRPCMethods:
         model = pb.Model(id=self.facts.name, owned_by="pavana", max_model_len=self.facts.max_model_len, vision=self.facts.vision)
         return pb.ListModelsResponse(models=[model])
 
-    def _prepare_grpc(self, request: pb.GenerateRequest, grpc_context: Any) -> tuple[PreparedRequest, Any]:
+    def _prepare_grpc(self, request: pb.GenerateRequest, grpc_context: Any) -> tuple[PreparedRequest, Answer]:
         """A gRPC request through the same checks as HTTP (API key, QoS class from the metadata,
-        then the equivalent OpenAI body); returns the prepared request and that body."""
+        then the equivalent OpenAI body); returns the prepared request and its answer's builder."""
         metadata = list(grpc_context.invocation_metadata())
         key = self.keys.check_grpc(metadata)
         _refuse_malformed(request)
@@ -125,7 +117,9 @@ class GRPCMethods:
         else:
             body = _validated(CompletionRequest, fields)
             prepared = self.prompts.completion(body, f"cmpl-{uuid.uuid4().hex}")
-        return self._classed(prepared, qos_class), body
+        prepared = self._classed(prepared, qos_class)
+        fmt = format_for(ChatFormat if endpoint == CHAT else CompletionFormat, prepared, body.model, self.texts)
+        return prepared, Answer(fmt, prepared)
 
     # -- gRPC: grpc.health.v1.Health -----------------------------------------------------------
     # Probes send no API key: health answers without one, and says no more than the status.

@@ -4,8 +4,11 @@ refusals with Google's rich error details, and server reflection."""
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import httpx
+import jsonschema
 import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -158,6 +161,86 @@ def test_list_models(stub, served):
     response = stub.ListModels(pb.ListModelsRequest(), metadata=AUTH, timeout=30)
     [model] = response.models
     assert model.id == served.model and model.max_model_len > 0
+
+
+# -- what builds on the engine's and the HTTP API's fields --------------------------------------
+def test_n_choices_with_a_seed_are_reproducible_and_match_http(stub, http, served):
+    prompt = "Once upon a time"
+    request = pb.GenerateRequest(text=prompt, sampling=pb.SamplingParams(max_tokens=6, n=3, seed=7, ignore_eos=True))
+    first = stub.Generate(request, metadata=AUTH, timeout=120)
+    again = stub.Generate(request, metadata=AUTH, timeout=120)
+    assert sorted(c.index for c in first.choices) == [0, 1, 2]
+    assert [c.token_ids for c in first.choices] == [c.token_ids for c in again.choices]
+    assert len({tuple(c.token_ids) for c in first.choices}) > 1  # each choice draws its own tokens
+    assert not first.text and not first.token_ids  # the top-level fields speak for n == 1 only
+    assert first.usage.completion_tokens == 18
+    over_http = http.post("/completions", json={"model": served.model, "prompt": prompt, "max_tokens": 6, "n": 3, "seed": 7, "ignore_eos": True})
+    assert sorted((c["index"], c["text"]) for c in over_http.json()["choices"]) == [(c.index, c.text) for c in first.choices]
+    streamed: dict[int, list[int]] = {}
+    for message in stub.GenerateStream(request, metadata=AUTH, timeout=120):
+        for c in message.choices:
+            streamed.setdefault(c.index, []).extend(c.token_ids)
+    assert [streamed[c.index] for c in first.choices] == [list(c.token_ids) for c in first.choices]
+
+
+def test_logprobs_are_consistent_with_greedy_choices(stub, http, served):
+    request = pb.GenerateRequest(chat=chat(user("Name a colour")), sampling=greedy(6, ignore_eos=True, logprobs=True, top_logprobs=3))
+    [choice] = stub.Generate(request, metadata=AUTH, timeout=60).choices
+    assert len(choice.logprobs) == len(choice.token_ids) == 6
+    for token_id, entry in zip(choice.token_ids, choice.logprobs):
+        assert entry.token_id == token_id and entry.logprob <= 0.0 and len(entry.top_logprobs) == 3
+        best = entry.top_logprobs[0]
+        assert best.token_id == token_id and best.logprob == pytest.approx(entry.logprob, abs=1e-5)  # greedy took the likeliest
+        assert all(a.logprob >= b.logprob for a, b in zip(entry.top_logprobs, entry.top_logprobs[1:]))
+        assert entry.bytes.decode("utf-8", errors="replace") == entry.token or entry.token.startswith("bytes:")
+    body = {"model": served.model, "messages": [{"role": "user", "content": "Name a colour"}], "max_tokens": 6, "temperature": 0,
+            "ignore_eos": True, "logprobs": True, "top_logprobs": 3}  # fmt: skip
+    content = http.post("/chat/completions", json=body).json()["choices"][0]["logprobs"]["content"]
+    assert [e["token"] for e in content] == [e.token for e in choice.logprobs]
+    assert [e["logprob"] for e in content] == pytest.approx([e.logprob for e in choice.logprobs], abs=1e-5)
+    streamed = [e for m in stub.GenerateStream(request, metadata=AUTH, timeout=60) for c in m.choices for e in c.logprobs]
+    assert [e.token_id for e in streamed] == list(choice.token_ids)
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 8},
+        "kind": {"enum": ["cat", "dog"]},
+        "tags": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 99}, "maxItems": 3},
+        "inner": {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False},
+    },
+    "required": ["name", "kind", "tags", "inner"],
+    "additionalProperties": False,
+}
+
+
+def test_a_json_schema_answer_validates(stub):
+    fmt = pb.ResponseFormat(type="json_schema", json_schema=pb.JsonSchema(name="pet", schema=json.dumps(SCHEMA), strict=True))
+    request = pb.GenerateRequest(chat=chat(user("Describe a pet as JSON")), sampling=greedy(200), response_format=fmt)
+    for response in (stub.Generate(request, metadata=AUTH, timeout=120),):
+        assert response.finish_reason == "stop", response.text
+        jsonschema.validate(json.loads(response.text), SCHEMA)
+    streamed = "".join(m.text for m in stub.GenerateStream(request, metadata=AUTH, timeout=120))
+    assert streamed == response.text
+
+
+def test_a_required_tool_call_parses(stub):
+    parameters = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "required": ["city"], "additionalProperties": False}
+    tool = pb.Tool(function=pb.FunctionDefinition(name="get_weather", description="Today's weather in a city", parameters=json.dumps(parameters)))
+    request = pb.GenerateRequest(
+        chat=chat(user("What is the weather in Paris?")), sampling=greedy(100), tools=[tool], tool_choice=pb.ToolChoice(mode="required"), parallel_tool_calls=False
+    )
+    [choice] = stub.Generate(request, metadata=AUTH, timeout=120).choices
+    assert choice.finish_reason == "tool_calls"
+    [call] = choice.tool_calls
+    assert call.type == "function" and call.function.name == "get_weather" and call.id
+    jsonschema.validate(json.loads(call.function.arguments), parameters)
+    # Streamed, the call arrives in pieces: its id and name first, then its arguments.
+    pieces = [c for m in stub.GenerateStream(request, metadata=AUTH, timeout=120) for ch in m.choices for c in ch.tool_calls]
+    assert pieces and pieces[0].function.name == "get_weather" and pieces[0].id
+    assert {p.index for p in pieces} == {0}
+    assert json.loads("".join(p.function.arguments for p in pieces)) == json.loads(call.function.arguments)
 
 
 # -- refusals ------------------------------------------------------------------------------------

@@ -23,12 +23,15 @@ from router.grpc_errors import (
     restore_stream_status,
     stream_failure_details,
 )
-from router.grpc_messages import CHAT, COMPLETION, openai_body
+from router.formats import ChatFormat, CompletionFormat, format_for
+from router.grpc_messages import CHAT, COMPLETION, Answer, openai_body
+from router.logprobs import LOGPROB_FLOOR
 from router.prompt import ModelFacts, PromptBuilder
 from router.proto import pavana_pb2 as pb
 from router.protocol import ChatCompletionRequest, CompletionRequest
 from workers.engine.default_model import DEFAULT_MODEL_NAME, ensure_default_model
 from workers.engine.tokenizer import Tokenizer
+from workers.requests import TokenChunk
 
 MODEL = DEFAULT_MODEL_NAME
 CONTEXT = 64
@@ -247,3 +250,93 @@ def test_a_failed_streams_status_is_restored_from_its_details():
     plain = FakeContext("just a message")
     restore_stream_status(plain)
     assert plain.details() == "just a message" and plain.trailing_metadata() == ()
+
+
+# -- answers: HTTP's formats in gRPC's shape ----------------------------------------------------
+@pytest.fixture(scope="module")
+def texts():
+    from router.logprobs import TokenTexts
+
+    return TokenTexts(Tokenizer.from_dir(ensure_default_model()))
+
+
+def chunk(text: str, ids: list[int], *, finished: bool = False, reason: str | None = None, logprobs=(), prompt_logprobs=()) -> TokenChunk:
+    return TokenChunk("r", ids, text, finished=finished, finish_reason=reason, logprobs=tuple(logprobs), prompt_logprobs=tuple(prompt_logprobs))
+
+
+def answer_for(prompts, request: pb.GenerateRequest, texts) -> Answer:
+    endpoint, body = openai_body(request, MODEL)
+    kind = ChatFormat if endpoint == CHAT else CompletionFormat
+    model = ChatCompletionRequest if endpoint == CHAT else CompletionRequest
+    prepared_ = prompts.chat(model.model_validate(body), "r") if endpoint == CHAT else prompts.completion(model.model_validate(body), "r")
+    return Answer(format_for(kind, prepared_, MODEL, texts), prepared_)
+
+
+def test_n_choices_streamed_add_up_to_the_unary_answer_with_usage_on_the_last_message(prompts, texts):
+    request = pb.GenerateRequest(text="Hello", sampling=pb.SamplingParams(n=2, max_tokens=3))
+    arrivals = [(0, chunk("a", [10])), (1, chunk("x", [20])), (0, chunk("b", [11], finished=True, reason="length")),
+                (1, chunk("y", [21])), (1, chunk("z", [22], finished=True, reason="stop"))]  # fmt: skip
+    unary, streamed = answer_for(prompts, request, texts), answer_for(prompts, request, texts)
+    for index, c in arrivals:
+        unary.add(index, c)
+    messages = [streamed.message(index, c) for index, c in arrivals]
+    whole = unary.response()
+    assert [(c.index, c.text, list(c.token_ids), c.finish_reason) for c in whole.choices] == [(0, "ab", [10, 11], "length"), (1, "xyz", [20, 21, 22], "stop")]
+    assert not whole.text and not whole.token_ids  # n > 1: only `choices` speaks
+    assert whole.usage.completion_tokens == 5 and whole.usage.prompt_tokens == unary.fmt.num_prompt_tokens
+    assert [m.HasField("usage") for m in messages] == [False, False, False, False, True]
+    assert messages[-1].usage == whole.usage
+    joined: dict[int, str] = {}
+    for m in messages:
+        [c] = m.choices
+        joined[c.index] = joined.get(c.index, "") + c.text
+    assert joined == {0: "ab", 1: "xyz"}
+
+
+def test_one_choice_fills_the_top_level_fields_too(prompts, texts):
+    answer = answer_for(prompts, pb.GenerateRequest(text="Hello", sampling=pb.SamplingParams(max_tokens=2)), texts)
+    message = answer.message(0, chunk("hi", [7], finished=True, reason="stop"))
+    assert (message.text, list(message.token_ids), message.finish_reason) == ("hi", [7], "stop") and message.HasField("usage")
+
+
+def test_logprobs_carry_token_ids_and_text_and_echo_adds_the_prompts(prompts, texts):
+    from workers.requests import TokenLogprob
+
+    request = pb.GenerateRequest(token_ids=pb.TokenIds(ids=[1, 40, 41]), echo=True, sampling=pb.SamplingParams(max_tokens=2, logprobs=True, top_logprobs=2))
+    answer = answer_for(prompts, request, texts)
+    first = TokenLogprob(50, -0.5, ((50, -0.5), (51, -1.5)))
+    prompt = (None, TokenLogprob(40, -2.0, ()), TokenLogprob(41, float("-inf"), ()))
+    answer.add(0, chunk(texts.token_str(50), [50], logprobs=[first], prompt_logprobs=prompt))
+    answer.add(0, chunk("", [51], finished=True, reason="length", logprobs=[TokenLogprob(51, -1.0, ((51, -1.0), (50, -3.0)))]))
+    [choice] = answer.response().choices
+    assert choice.text.startswith(answer.fmt.echo) and list(choice.token_ids) == [50, 51]
+    assert [(e.token_id, e.logprob, [t.token_id for t in e.top_logprobs]) for e in choice.logprobs] == [(50, -0.5, [50, 51]), (51, -1.0, [51, 50])]
+    assert choice.logprobs[0].token == texts.token_str(50) and choice.logprobs[0].bytes == texts.token_bytes(50)
+    assert [e.token_id for e in choice.prompt_logprobs] == [1, 40, 41]
+    assert not choice.prompt_logprobs[0].HasField("logprob") and choice.prompt_logprobs[1].logprob == -2.0
+    assert choice.prompt_logprobs[2].logprob == LOGPROB_FLOOR  # a ruled-out token, as HTTP reports it
+
+
+def test_a_forced_tool_call_is_read_from_the_output_unary_and_streamed(texts):
+    facts = ModelFacts(name=MODEL, max_model_len=2048, vocab_size=512, block_size=4)
+    prompts = PromptBuilder(Tokenizer.from_dir(ensure_default_model()), facts)  # room for the tools prompt
+    parameters = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    request = pb.GenerateRequest(
+        chat=pb.Chat(messages=[pb.ChatMessage(role="user", content="Weather?")]), sampling=pb.SamplingParams(max_tokens=40),
+        tools=[pb.Tool(function=pb.FunctionDefinition(name="weather", parameters=json.dumps(parameters)))], tool_choice=pb.ToolChoice(mode="required"),
+    )  # fmt: skip
+    pieces = ["<tool_call>\n", '{"name": "weather", ', '"arguments": {"city": ', '"Paris"}}', "\n</tool_call>"]
+    unary, streamed = answer_for(prompts, request, texts), answer_for(prompts, request, texts)
+    messages = []
+    for i, piece in enumerate(pieces):
+        last = i == len(pieces) - 1
+        unary.add(0, chunk(piece, [100 + i], finished=last, reason="stop" if last else None))
+        messages.append(streamed.message(0, chunk(piece, [100 + i], finished=last, reason="stop" if last else None)))
+    [choice] = unary.response().choices
+    assert choice.finish_reason == "tool_calls" and choice.text == ""
+    [call] = choice.tool_calls
+    assert call.function.name == "weather" and json.loads(call.function.arguments) == {"city": "Paris"} and call.id.startswith("call_")
+    calls = [c for m in messages for c in m.choices[0].tool_calls]
+    assert calls[0].id and calls[0].function.name == "weather"
+    assert json.loads("".join(c.function.arguments for c in calls)) == {"city": "Paris"}
+    assert messages[-1].finish_reason == "tool_calls" and [i for m in messages for i in m.token_ids] == list(choice.token_ids)
