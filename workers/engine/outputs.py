@@ -9,6 +9,21 @@ from workers.engine.sampling import SamplingParams
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One token's log-probability and the `k` most likely tokens at its position (best first),
+    as OpenAI's `logprobs` reports them.
+
+    Taken from the logits after logit bias, penalties and masks (min_tokens, grammar) and before
+    temperature, top-k, top-p and min-p (`workers/engine/sampler.py`), so a greedy choice is
+    always the top entry. Prompt tokens' are taken from the model's own logits.
+    """
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class KVHandoff:
     """A prefilled sequence, ready for a decode engine to continue.
 
@@ -41,3 +56,11 @@ class RequestOutput:
     handoff: KVHandoff | None = None
     num_cached_tokens: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # One per new token when the request asked for `logprobs`; empty otherwise.
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    # On a request's first output only, when it asked for `prompt_logprobs`: one per prompt
+    # token, the first None (nothing predicts it), as vLLM reports them.
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)
+    # Set (with finish_reason "error") when this one request failed inside the engine, e.g. its
+    # grammar refused a token; the engine itself carries on.
+    error: str | None = None
