@@ -97,6 +97,8 @@ def _chunk(out: RequestOutput, stage: str) -> TokenChunk:
         num_prompt_tokens=out.num_prompt_tokens,
         num_output_tokens=out.num_output_tokens,
         stage=stage,
+        logprobs=tuple(out.logprobs),
+        prompt_logprobs=tuple(out.prompt_logprobs),
     )
 
 

@@ -10,7 +10,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.engine.outputs import TokenLogprob
 from workers.engine.sampling import SamplingParams
+
+__all__ = ["GenerateRequest", "ImageInput", "PrefillResult", "STAGES", "SamplingParams", "TokenChunk", "TokenLogprob"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +50,11 @@ class GenerateRequest:
 
 @dataclass(frozen=True, slots=True)
 class TokenChunk:
-    """A piece of a response stream: new tokens and text, and how the request ended."""
+    """A piece of a response stream: new tokens and text, and how the request ended.
+
+    `logprobs` has one record per token in `token_ids` when the request asked for `logprobs`;
+    `prompt_logprobs`, only on a request's first chunk, one per prompt token (the first None).
+    """
 
     request_id: str
     token_ids: list[int]
@@ -57,6 +64,8 @@ class TokenChunk:
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
     stage: str = ""
+    logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,10 @@ class EngineDead(RuntimeError):
     """The stepping loop failed; the replica must be replaced."""
 
 
+class RequestFailed(RuntimeError):
+    """One request failed inside the engine (its grammar refused a token); the engine goes on."""
+
+
 @dataclass(frozen=True, slots=True)
 class EngineStats:
     """What a replica reports for routing and telemetry."""
@@ -204,6 +208,9 @@ class AsyncEngine:
                 ended = time.monotonic()
                 self._busy.append((ended, ended - started, len(outputs), Step(ended - started, *self.engine.last_step_tokens)))
                 for out in outputs:
+                    if out.error is not None:
+                        self._deliver_error(out.request_id, RequestFailed(out.error))
+                        continue
                     queue = self._streams.get(out.request_id)
                     if queue is not None:
                         queue.put_nowait(out)

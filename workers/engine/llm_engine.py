@@ -3,6 +3,10 @@
 One engine serves one replica. In `colocated` mode it prefills and decodes; in `prefill` mode
 every request ends after its first token and comes back with its KV as a `KVHandoff`; in
 `decode` mode requests arrive as hand-offs and continue exactly as a colocated run would.
+
+Beyond tokens, a step can carry logprobs (of each sampled token, and of the prompt on a
+request's first output) and constrain tokens with a grammar (`constraint.Grammars`); a grammar
+that refuses a token fails that one request (finish reason "error"), never the loop.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import torch
 from workers.engine.block_manager import BlockManager
 from workers.engine.config import EngineConfig
 from workers.engine.loader import load_llama
-from workers.engine.model_runner import ModelRunner
-from workers.engine.outputs import KVHandoff, RequestOutput
+from workers.engine.constraint import Grammars
+from workers.engine.model_runner import ModelRunner, StepResult
+from workers.engine.outputs import KVHandoff, RequestOutput, TokenLogprob
 from workers.engine.postprocess import (
     SampledToken,
     StopRule,
@@ -32,7 +37,7 @@ from workers.engine.postprocess import (
 )
 from workers.engine.sampling import SamplingParams
 from workers.engine.scheduler import ScheduledBatch, make_scheduler
-from workers.engine.sequence import MultimodalSpan, Sequence
+from workers.engine.sequence import MultimodalSpan, Sequence, SequenceStatus
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,9 @@ class _Request:
     text: str = ""
     emitted_chars: int = 0
     hold_back: int = 0
+    # Filled by position as prompt chunks are computed (a recomputed chunk overwrites), sent
+    # with the first output and then dropped; None when not asked or already sent.
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 class LLMEngine:
@@ -68,13 +76,14 @@ class LLMEngine:
             max_num_seqs=self.config.max_num_seqs,
             max_model_len=self.max_model_len,
         )
-        self.runner = ModelRunner(self.model_config, model, self.config)
-        self._requests: dict[str, _Request] = {}
-        self._arrivals = itertools.count()
-        self.last_step_tokens = (0, 0)  # prefill and decode tokens the last step computed
         self.eos_token_ids = frozenset(self.model_config.eos_token_ids) | (
             self.tokenizer.eos_token_ids if self.tokenizer else frozenset()
         )
+        self.runner = ModelRunner(self.model_config, model, self.config, self.eos_token_ids)
+        self._requests: dict[str, _Request] = {}
+        self._arrivals = itertools.count()
+        self.last_step_tokens = (0, 0)  # prefill and decode tokens the last step computed
+        self._grammars: Grammars | None = None  # built on the first grammar request
         self.stop_rule = StopRule(self.max_model_len, self.eos_token_ids, prefill_only=self.config.mode == "prefill")
 
     @staticmethod
@@ -125,7 +134,8 @@ class LLMEngine:
                 shape = None if span.embeds is None else tuple(span.embeds.shape)
                 raise ValueError(f"mm_spans: span at {span.offset} needs embeddings of shape ({span.length}, {hidden}), got {shape}")
         return Sequence(
-            request_id, prompt, params, next(self._arrivals), mm_spans=list(mm_spans), priority=priority, deadline_s=deadline_s
+            request_id, prompt, params, next(self._arrivals), mm_spans=list(mm_spans), priority=priority, deadline_s=deadline_s,
+            grammar_matcher=self._matcher(params),
         )
 
     def prepare_handoff(self, handoff: KVHandoff, *, priority: int = 0, deadline_s: float = math.inf) -> Sequence:
@@ -145,7 +155,20 @@ class LLMEngine:
             num_text_chars_emitted=handoff.num_text_chars_emitted,
             priority=priority,
             deadline_s=deadline_s,
+            # The prefill replica's matcher stayed there: rebuild it and feed it the output so far.
+            grammar_matcher=self._matcher(handoff.params, handoff.token_ids[handoff.num_prompt_tokens :]),
         )
+
+    @property
+    def grammars(self) -> Grammars:
+        """The engine's grammar side, built once, on first use (`GrammarError` without a
+        tokenizer.json)."""
+        if self._grammars is None:
+            self._grammars = Grammars.from_dir(self.model_path, self.model_config.vocab_size, self.eos_token_ids)
+        return self._grammars
+
+    def _matcher(self, params: SamplingParams, consumed: Seq[int] = ()):
+        return None if params.grammar is None else self.grammars.matcher(params.grammar, consumed)
 
     def _validate(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
         if not isinstance(params, SamplingParams):
@@ -162,6 +185,9 @@ class LLMEngine:
         vocab = self.model_config.vocab_size
         if min(prompt) < 0 or max(prompt) >= vocab:
             raise ValueError(f"prompt: token ids must lie in [0, {vocab}), got {min(prompt)}..{max(prompt)}")
+        for token, _ in params.logit_bias:
+            if token >= vocab:
+                raise ValueError(f"logit_bias: token id {token} lies outside the vocabulary [0, {vocab})")
         if len(self._requests) >= self.config.max_queued_requests:
             raise OverflowError(f"engine: {len(self._requests)} requests queued, the limit is {self.config.max_queued_requests}")
 
@@ -175,6 +201,8 @@ class LLMEngine:
 
             detok = IncrementalDetokenizer(self.tokenizer)
         request = _Request(seq, detok, hold_back=stop_hold_back(seq.params.stop))
+        if seq.params.prompt_logprobs is not None and not seq.num_output_tokens:
+            request.prompt_logprobs = [None] * seq.num_prompt_tokens
         if seq.num_output_tokens:
             # A hand-off: its first token was reported by the prefill engine. Feed it to the
             # detokenizer so that text and stop strings continue seamlessly.
@@ -203,29 +231,86 @@ class LLMEngine:
             if chunk.seq.pending_kv is not None:
                 self.runner.import_kv(chunk.seq, chunk.seq.pending_kv)
                 chunk.seq.pending_kv = None
-        sampled = self.runner.execute(batch)
-        return self._postprocess(batch, sampled)
+        result = self.runner.execute(batch, self._grammar_masks(batch))
+        return self._postprocess(batch, result)
 
-    def _postprocess(self, batch: ScheduledBatch, sampled: dict[str, int]) -> list[RequestOutput]:
+    def _grammar_masks(self, batch: ScheduledBatch) -> dict[str, torch.Tensor]:
+        """What each constrained sequence that samples this step may draw."""
+        seqs = [c.seq for c in batch.chunks if c.samples and c.seq.grammar_matcher is not None]
+        if not seqs:
+            return {}
+        allowed = self.grammars.allowed_tokens([s.grammar_matcher for s in seqs])
+        return {s.request_id: row for s, row in zip(seqs, allowed)}
+
+    def _postprocess(self, batch: ScheduledBatch, result: StepResult) -> list[RequestOutput]:
+        for request_id, (first, records) in result.prompt_logprobs.items():
+            held = self._requests[request_id].prompt_logprobs
+            if held is not None:
+                held[first : first + len(records)] = records
+        failed, grammar_done = self._advance_grammars(result.tokens)
+        outputs = [self._fail(request_id, message) for request_id, message in failed.items()]
+        sampled = {rid: token for rid, token in result.tokens.items() if rid not in failed}
         # Text first: whether a stop string ends a sequence is part of the finishing rule, and a
         # sequence's text depends on nothing but its own tokens.
         cut = {rid for rid, token in sampled.items() if self._take_text(self._requests[rid], token)}
-        steps = advance(batch, sampled, self.stop_rule, self.block_manager, stopped_by_text=cut)
-        return [self._emit(self._requests[step.request_id], step, step.request_id in cut) for step in steps]
+        steps = advance(batch, sampled, self.stop_rule, self.block_manager, stopped_by_text=cut, stopped_by_grammar=grammar_done)
+        outputs += [
+            self._emit(self._requests[step.request_id], step, step.request_id in cut, result.logprobs.get(step.request_id))
+            for step in steps
+        ]
+        return outputs
+
+    def _advance_grammars(self, sampled: dict[str, int]) -> tuple[dict[str, str], set[str]]:
+        """Feed each constrained sequence its sampled token: (errors by request, requests whose
+        grammar the token finished)."""
+        failed: dict[str, str] = {}
+        done: set[str] = set()
+        for request_id, token in sampled.items():
+            seq = self._requests[request_id].seq
+            if seq.grammar_matcher is None or seq.status is not SequenceStatus.RUNNING:
+                continue
+            finished, error = self.grammars.consume(seq.grammar_matcher, token)
+            if error is not None:
+                failed[request_id] = error
+            elif finished:
+                done.add(request_id)
+        return failed, done
+
+    def _fail(self, request_id: str, message: str) -> RequestOutput:
+        """End one request with an error; its blocks go back and the other requests go on."""
+        request = self._requests.pop(request_id)
+        seq = request.seq
+        log.error("request %s failed: %s", request_id, message)
+        self.scheduler.finish(seq, "error")
+        return RequestOutput(
+            request_id=request_id,
+            new_token_ids=[],
+            new_text="",
+            finished=True,
+            finish_reason="error",
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_output_tokens=seq.num_output_tokens,
+            error=message,
+        )
 
     def _take_text(self, request: _Request, token: int) -> bool:
-        """Add the token's text; true when a stop string now ends the sequence (text cut there)."""
+        """Add the token's text; true when a stop string now ends the sequence (text cut there).
+
+        Before `min_tokens` output tokens (this one included) no stop string ends a sequence, as
+        in vLLM; the search then resumes over the text not yet shown."""
         params = request.seq.params
         if stops_on_token(token, params, self.eos_token_ids):
             return False  # a stop token's own text is never shown
         self._detokenize(request, [token])
+        if request.seq.num_output_tokens + 1 < params.min_tokens:
+            return False
         text = cut_at_stop_string(request.text, request.emitted_chars, params.stop)
         if text is None:
             return False
         request.text = text
         return True
 
-    def _emit(self, request: _Request, step: SampledToken, stopped_by_text: bool) -> RequestOutput:
+    def _emit(self, request: _Request, step: SampledToken, stopped_by_text: bool, logprob: TokenLogprob | None) -> RequestOutput:
         seq = request.seq
         reason = step.finish_reason
         if reason is not None and request.detokenizer is not None and not stopped_by_text:
@@ -255,7 +340,15 @@ class LLMEngine:
             num_prompt_tokens=seq.num_prompt_tokens,
             num_output_tokens=seq.num_output_tokens,
             handoff=handoff,
+            logprobs=[logprob] if logprob is not None else [],
+            prompt_logprobs=self._take_prompt_logprobs(request),
         )
+
+    @staticmethod
+    def _take_prompt_logprobs(request: _Request) -> list[TokenLogprob | None]:
+        """The prompt's logprobs on the request's first output, nothing afterwards."""
+        held, request.prompt_logprobs = request.prompt_logprobs, None
+        return held or []
 
     @staticmethod
     def _detokenize(request: _Request, token_ids: Seq[int]) -> None:

@@ -3,21 +3,39 @@ samples the next token of every sequence whose chunk reached its end."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
 import torch
 
 from workers.engine.attention import AttentionMetadata, DecodeGroup, PrefillSpan
 from workers.engine.config import EngineConfig
 from workers.engine.model_config import ModelConfig
 from workers.engine.models.llama import LlamaModel
-from workers.engine.sampler import sample
+from workers.engine.outputs import TokenLogprob
+from workers.engine.sampler import SamplingRow, logprob_records, sample_rows
 from workers.engine.scheduler import ScheduledBatch, ScheduledChunk
 from workers.engine.sequence import Sequence
 
 
+@dataclass(slots=True)
+class StepResult:
+    """What one forward pass produced, by request id.
+
+    `prompt_logprobs` maps a request to (index of the first prompt token covered, records in
+    order): a chunk of a prompt yields the logprobs of the prompt tokens its positions predict.
+    """
+
+    tokens: dict[str, int] = field(default_factory=dict)
+    logprobs: dict[str, TokenLogprob] = field(default_factory=dict)
+    prompt_logprobs: dict[str, tuple[int, list[TokenLogprob]]] = field(default_factory=dict)
+
+
 class ModelRunner:
-    def __init__(self, model_config: ModelConfig, model: LlamaModel, config: EngineConfig) -> None:
+    def __init__(self, model_config: ModelConfig, model: LlamaModel, config: EngineConfig, eos_token_ids: Collection[int] = ()) -> None:
         self.model_config = model_config
         self.model = model
+        self.eos_token_ids = frozenset(eos_token_ids)  # masked before a request's min_tokens
         self.block_size = config.block_size
         dtype = model.embed_tokens.weight.dtype
         num_slots = config.num_kv_blocks * config.block_size
@@ -46,8 +64,11 @@ class ModelRunner:
 
     # -- one step -----------------------------------------------------------------------------
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch) -> dict[str, int]:
-        """Run the batch; returns the sampled next token by request id."""
+    def execute(self, batch: ScheduledBatch, grammar_masks: Mapping[str, torch.Tensor] | None = None) -> StepResult:
+        """Run the batch; returns the sampled next tokens (and logprobs where asked).
+
+        `grammar_masks` holds, by request id, the tokens each constrained sequence's grammar
+        allows next (bool [vocab]); the engine computes them before the step."""
         # decodes first, shortest context first (for grouping), then prefill chunks
         chunks = sorted(batch.chunks, key=lambda c: (not c.is_decode, c.start if c.is_decode else 0))
         bs = self.block_size
@@ -82,17 +103,53 @@ class ModelRunner:
         self._insert_multimodal(hidden, chunks)
         hidden = self.model(hidden, torch.cat(positions), meta, self.kv_caches)
 
+        result = StepResult(prompt_logprobs=self._prompt_logprobs(hidden, chunks))
         sampling = [(i, c) for i, c in enumerate(chunks) if c.samples]
         if not sampling:
-            return {}
+            return result
         ends = torch.tensor([c.num_tokens for c in chunks]).cumsum(0) - 1
         logits = self.model.logits(hidden[ends[[i for i, _ in sampling]]])
-        tokens = sample(
-            logits,
-            [c.seq.params for _, c in sampling],
-            [c.seq.num_tokens - c.seq.num_prompt_tokens for _, c in sampling],
-        )
-        return {c.seq.request_id: t for (_, c), t in zip(sampling, tokens)}
+        masks = grammar_masks or {}
+        rows = [
+            SamplingRow(c.seq.params, c.seq.num_output_tokens, c.seq.token_ids, c.seq.num_prompt_tokens, masks.get(c.seq.request_id))
+            for _, c in sampling
+        ]
+        sampled = sample_rows(logits, rows, self.eos_token_ids)
+        for (_, c), token, record in zip(sampling, sampled.tokens, sampled.logprobs):
+            result.tokens[c.seq.request_id] = token
+            if record is not None:
+                result.logprobs[c.seq.request_id] = record
+        return result
+
+    def _prompt_logprobs(self, hidden: torch.Tensor, chunks: list[ScheduledChunk]) -> dict[str, tuple[int, list[TokenLogprob]]]:
+        """Logprobs of the prompt tokens that this step's prompt chunks predict, for requests
+        that asked and have no output yet (a sequence recomputed after a preemption reported
+        them already; one preempted mid-prompt recomputes them, and the engine overwrites)."""
+        wanted: list[tuple[ScheduledChunk, int, int, int]] = []  # chunk, first row, first position, count
+        offset = 0
+        for c in chunks:
+            seq = c.seq
+            # Position p predicts token p + 1; prompt tokens 1 .. P-1 are predicted by positions 0 .. P-2.
+            last = min(c.start + c.num_tokens, seq.num_prompt_tokens - 1)
+            if seq.params.prompt_logprobs is not None and seq.num_output_tokens == 0 and last > c.start:
+                wanted.append((c, offset, c.start, last - c.start))
+            offset += c.num_tokens
+        if not wanted:
+            return {}
+        rows = torch.cat([torch.arange(row, row + n) for _, row, _, n in wanted])
+        logprobs = self.model.logits(hidden[rows]).float().log_softmax(dim=-1)
+        targets: list[int] = []
+        ks: list[int] = []
+        for c, _, start, n in wanted:
+            targets += c.seq.token_ids[start + 1 : start + 1 + n]
+            ks += [c.seq.params.prompt_logprobs] * n
+        records = logprob_records(logprobs, targets, ks)
+        out: dict[str, tuple[int, list[TokenLogprob]]] = {}
+        first = 0
+        for c, _, start, n in wanted:
+            out[c.seq.request_id] = (start + 1, records[first : first + n])
+            first += n
+        return out
 
     def _group_decodes(self, tables: list[torch.Tensor], lengths: list[int]) -> list[DecodeGroup]:
         """Split decodes (sorted by context length) into groups whose padding stays small:

@@ -7,7 +7,9 @@ plain strings, so it also works where there is no tokenizer (a checkpoint withou
 `tokenizer.json`, or the simulator, whose text is always empty).
 
 The order of the finishing rules is the engine's, and it matters:
-1. a stop token id or EOS (unless `ignore_eos`) — the token's own text is never shown;
+1. a stop token id or EOS (unless `ignore_eos`) — the token's own text is never shown — or the
+   EOS that ends a finished grammar, which stops the sequence even under `ignore_eos` (nothing
+   can follow a finished grammar; the engine's grammar side reports it);
 2. a stop string in the text — the text is cut where the stop string begins;
 3. `max_tokens` or the context (`max_model_len`) — "length";
 4. otherwise, on a prefill-only replica, the sequence is handed off after its first token.
@@ -63,16 +65,19 @@ def stops_on_token(token: int, params: SamplingParams, eos_token_ids: Collection
     return token in params.stop_token_ids or (token in eos_token_ids and not params.ignore_eos)
 
 
-def decide(seq: Sequence, token: int, rule: StopRule, *, stopped_by_text: bool = False) -> SampledToken:
+def decide(
+    seq: Sequence, token: int, rule: StopRule, *, stopped_by_text: bool = False, stopped_by_grammar: bool = False
+) -> SampledToken:
     """The finishing rule, for a sequence that already holds `token` as its last token.
 
     `stopped_by_text` says that a stop string matched the text this token completed (see
     `cut_at_stop_string`); it outranks "length" because the text the client sees ends there.
+    `stopped_by_grammar` says that the token is the EOS closing a finished grammar.
     """
     params = seq.params
     num_tokens = len(seq.token_ids)  # not the properties: the simulator runs this once a token
     reason = None
-    if stopped_by_text or stops_on_token(token, params, rule.eos_token_ids):
+    if stopped_by_text or stopped_by_grammar or stops_on_token(token, params, rule.eos_token_ids):
         reason = "stop"
     elif num_tokens - seq.num_prompt_tokens >= params.max_tokens or num_tokens >= rule.max_model_len:
         reason = "length"
@@ -86,6 +91,7 @@ def advance(
     block_manager: BlockManager,
     *,
     stopped_by_text: Collection[str] = (),
+    stopped_by_grammar: Collection[str] = (),
 ) -> list[SampledToken]:
     """Carry one iteration's results into its sequences, in the batch's order.
 
@@ -111,7 +117,8 @@ def advance(
         if token is None:
             continue
         seq.token_ids.append(token)
-        results.append(decide(seq, token, rule, stopped_by_text=seq.request_id in stopped_by_text))
+        rid = seq.request_id
+        results.append(decide(seq, token, rule, stopped_by_text=rid in stopped_by_text, stopped_by_grammar=rid in stopped_by_grammar))
     return results
 
 

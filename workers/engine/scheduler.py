@@ -182,7 +182,10 @@ class Scheduler:
             if seq.pending_kv is not None:
                 n = 1  # handed over from a prefill replica: only the decode token to compute
             else:
-                self.block_manager.match_prefix(seq)
+                # A request that wants its prompt's logprobs needs the logits of every prompt
+                # position, which a prefix-cache hit would skip: it computes its whole prompt.
+                if seq.params.prompt_logprobs is None:
+                    self.block_manager.match_prefix(seq)
                 n = seq.num_uncomputed_tokens if whole_prompts else min(seq.num_uncomputed_tokens, budget)
                 if whole_prompts and n > budget and chunks:
                     break

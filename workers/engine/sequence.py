@@ -59,6 +59,10 @@ class Sequence:
     # clock seconds by which the request's SLO wants its next token).
     priority: int = 0
     deadline_s: float = math.inf
+    # The request's grammar matcher (`workers.engine.constraint`), opaque here, None without a
+    # grammar. It has consumed exactly the output tokens in `token_ids`: it advances when a
+    # token is sampled, never when tokens are recomputed after a preemption.
+    grammar_matcher: Any = None
 
     @property
     def urgency(self) -> tuple[int, float, int]:
