@@ -8,6 +8,9 @@ What the proto can say and JSON cannot is checked here: fields this server does 
 (a newer client's, or bytes of the wrong wire type), JSON carried as text (schemas, tool
 parameters), and images sent as raw bytes, which become data URLs.
 
+Answers go the other way (`Answer`): the generation's chunks through the HTTP format of the
+endpoint (`router/formats.py`), then into `GenerateResponse`s.
+
 No Ray here: the ingress calls this, and so do unit tests.
 """
 
@@ -118,8 +121,15 @@ def openai_body(request: pb.GenerateRequest, served_model: str) -> tuple[str, di
     return endpoint, body
 
 
+def _decimal(value: Any) -> Any:
+    """A proto `float` as the decimal a client wrote: 0.7 arrives as 0.699999988 in float32,
+    and a seeded draw at that temperature could differ from HTTP's at 0.7 (a double). Seven
+    significant digits are what float32 holds."""
+    return float(f"{value:.7g}") if isinstance(value, float) else value
+
+
 def _sampling_fields(s: pb.SamplingParams) -> dict[str, Any]:
-    fields = {name: getattr(s, name) for name in _OPTIONAL_SAMPLING if s.HasField(name)}
+    fields = {name: _decimal(getattr(s, name)) for name in _OPTIONAL_SAMPLING if s.HasField(name)}
     if s.stop:
         fields["stop"] = list(s.stop)
     if s.ignore_eos:
@@ -128,7 +138,7 @@ def _sampling_fields(s: pb.SamplingParams) -> dict[str, Any]:
         fields["stop_token_ids"] = list(s.stop_token_ids)
     if s.logit_bias:
         # JSON object keys are strings; the body reads exactly as an HTTP client's would.
-        fields["logit_bias"] = {str(token): bias for token, bias in sorted(s.logit_bias.items())}
+        fields["logit_bias"] = {str(token): _decimal(bias) for token, bias in sorted(s.logit_bias.items())}
     return fields
 
 

@@ -84,7 +84,7 @@ def test_set_fields_reach_the_body_under_their_openai_names():
     assert endpoint == COMPLETION
     assert body == {
         "model": MODEL, "prompt": "x", "max_tokens": 5, "temperature": 0.0, "top_p": 0.5, "top_k": 3, "seed": 7, "n": 2,
-        "presence_penalty": 0.5, "frequency_penalty": -0.5, "repetition_penalty": pytest.approx(1.1), "min_p": pytest.approx(0.05),
+        "presence_penalty": 0.5, "frequency_penalty": -0.5, "repetition_penalty": 1.1, "min_p": 0.05,
         "min_tokens": 2, "stop": ["."], "ignore_eos": True, "stop_token_ids": [9], "logit_bias": {"4": 2.0, "12": -100.0},
         "logprobs": 3, "echo": True, "priority": 1, "user": "u-1",
     }  # fmt: skip
@@ -93,6 +93,11 @@ def test_set_fields_reach_the_body_under_their_openai_names():
     assert chat["logprobs"] is True and chat["top_logprobs"] == 3
     _, plain = openai_body(pb.GenerateRequest(text="x", sampling=pb.SamplingParams(logprobs=True)), MODEL)
     assert plain["logprobs"] == 0
+
+
+def test_a_float32_field_is_the_decimal_the_client_wrote():
+    _, body = openai_body(pb.GenerateRequest(text="x", sampling=pb.SamplingParams(temperature=0.7, top_p=0.9, logit_bias={3: 0.1})), MODEL)
+    assert (body["temperature"], body["top_p"], body["logit_bias"]) == (0.7, 0.9, {"3": 0.1})  # not 0.699999988
 
 
 def test_tools_response_format_and_history_become_openai_json():
