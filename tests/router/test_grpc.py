@@ -202,6 +202,20 @@ def test_logprobs_are_consistent_with_greedy_choices(stub, http, served):
     assert [e.token_id for e in streamed] == list(choice.token_ids)
 
 
+def test_echo_returns_the_prompt_and_its_logprobs_as_http_does(stub, http, served):
+    prompt = "The sea was calm"
+    request = pb.GenerateRequest(text=prompt, echo=True, sampling=greedy(3, ignore_eos=True, logprobs=True))
+    response = stub.Generate(request, metadata=AUTH, timeout=60)
+    [choice] = response.choices
+    assert choice.text.startswith(prompt) and len(choice.token_ids) == 3 and len(choice.logprobs) == 3
+    assert len(choice.prompt_logprobs) == response.usage.prompt_tokens
+    assert not choice.prompt_logprobs[0].HasField("logprob") and all(e.HasField("logprob") for e in choice.prompt_logprobs[1:])
+    body = {"model": served.model, "prompt": prompt, "echo": True, "max_tokens": 3, "temperature": 0, "ignore_eos": True, "logprobs": 0}
+    over_http = http.post("/completions", json=body).json()["choices"][0]
+    assert over_http["text"] == choice.text
+    assert over_http["logprobs"]["tokens"] == [e.token for e in [*choice.prompt_logprobs, *choice.logprobs]]
+
+
 SCHEMA = {
     "type": "object",
     "properties": {
