@@ -5,8 +5,8 @@ against one prefill and one decode replica), both with the stall-free `sarathi` 
 (b) the `sarathi` engine policy against `prefill_first`, both colocated on two replicas.
 
 Every configuration gets the same requests at the same times: the Azure conversation trace
-(shared data) from a fixed row, its arrivals sped up by a fixed factor, lengths capped so
-that a 2-core machine can serve them. Each is deployed alone on a local Ray cluster, measured
+(carried in pavana_data) from a fixed row, its arrivals sped up by a fixed factor, lengths
+capped so that a 2-core machine can serve them. Each is deployed alone on a local Ray cluster, measured
 through the OpenAI HTTP API by the open-loop client in `bench/`, and deleted before the next,
 so they never compete for the CPUs. Prints a table, writes JSON, and beside the JSON a
 markdown table and CDF plots (`<name>_ttft_cdf.png`, `<name>_tbt_cdf.png`, `<name>_fluidity.png`).

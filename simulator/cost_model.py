@@ -5,10 +5,10 @@ context they attend to. Two cost models read it:
 
 - `LinearCostModel`: least squares over profiles of Pavana's own engine on this machine
   (`pavana profile`): time = a + b·prefill tokens + c·decode tokens + d·attended context.
-- `GpuCostModel`: Vidur's published per-operator GPU profiles (carried in `pavana_data/profiles`) for the
-  token-level operators, which dominate a 7–8B model's step, and an analytic attention term,
-  since the attention kernel profiles are not among the shared data: prefill attention as
-  FLOPs at a stated efficiency of the GPU's peak, decode attention as KV bytes read at a
+- `GpuCostModel`: Vidur's published per-operator GPU profiles (carried in
+  `pavana_data/profiles`) for the token-level operators, which dominate a 7–8B model's step,
+  and an analytic attention term, since Vidur publishes no attention kernel profiles with
+  them: prefill attention as FLOPs at a stated efficiency of the GPU's peak, decode attention as KV bytes read at a
   stated efficiency of its memory bandwidth.
 
 Both also give the cost of encoding images and the KV bytes per token a prefill→decode
@@ -286,7 +286,7 @@ class GpuCostModel:
         return {
             "name": self.name, "gpu": asdict(self.gpu), "layers": self.num_layers, "tp": self.tp,
             "kv_bytes_per_token": self.kv_bytes_per_token, "tokens_per_image": self.tokens_per_image,
-            "source": "Vidur operator profiles (shared data) + analytic attention",
+            "source": "Vidur operator profiles (pavana_data/profiles) + analytic attention",
         }
 
 
@@ -453,7 +453,7 @@ class MultimodalCostModel(GpuCostModel):
 def multimodal_cost_model(gpu: str, model: str, encoder: str, *, tokens_per_image: int, num_layers: int = 32,
                           attention_layers: int | None = None, family: str = "", notes: tuple[str, ...] = (),
                           encoder_efficiency: float | None = None) -> MultimodalCostModel:
-    """A language model from the shared operator profiles with a vision encoder from `VISION_ENCODERS`."""
+    """A language model from Vidur's operator profiles with a vision encoder from `VISION_ENCODERS`."""
     if encoder not in VISION_ENCODERS:
         raise CostModelError(f"encoder: unknown {encoder!r}; choose one of {sorted(VISION_ENCODERS)}")
     vision = VISION_ENCODERS[encoder]

@@ -36,7 +36,7 @@ def read_workload(text: str, *, duration_s: float | None = None, limit: int | No
     if text.startswith("azure:"):
         return azure_trace(text.split(":", 1)[1], duration_s=duration_s, limit=limit)
     if not Path(text).is_file():
-        raise WorkloadError(f"trace: no file at {text} (or name a shared one: azure:code, azure:conv)")
+        raise WorkloadError(f"trace: no file at {text} (or name one Pavana carries: azure:code, azure:conv)")
     return load_trace(text, duration_s=duration_s, limit=limit)
 
 

@@ -1,7 +1,7 @@
 """The hardware of the Heron experiment: a Llama-3-70B-class model served with tensor
 parallelism on A100s, and the GPU power modes a site may run its replicas in.
 
-The cost model. Vidur publishes no 70B profile among the shared data, so the 70B-class model
+The cost model. Vidur publishes no 70B profile, so the 70B-class model
 is built from the Llama-3-8B profile at the same tensor-parallel degree (the profile's TP
 column): a 70B layer has hidden size 8192 and MLP size 28672 against the 8B's 4096 and 14336,
 with the same 8 KV heads and head size 128, so each of its projections moves and multiplies
@@ -23,9 +23,8 @@ The power modes (per GPU; a replica of TP degree t draws t times as much):
   Their runs are decode-dominated; prefill is compute-bound and would lose more at the same
   cap, so 0.94 flatters the capped mode for prompt-heavy (code) traffic.
 Patel et al., "Characterizing Power Management Opportunities for LLMs in the Cloud" (ASPLOS
-2024) lock A100 clocks at 1275 and 1110 MHz (from 1410) for the same purpose; the shared data
-and the stored copies reachable here give their frequencies, not the throughput and power at
-each, so no mode is built from them.
+2024) lock A100 clocks at 1275 and 1110 MHz (from 1410) for the same purpose; the published sources give
+their frequencies, not the throughput and power at each, so no mode is built from them.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Cost models: the least-squares fit recovers known coefficients; the GPU model built from the
-shared operator profiles behaves like a GPU; hand-off transfer time is latency + bytes/bandwidth."""
+operator profiles Pavana carries (Vidur's) behaves like a GPU; hand-off transfer time is latency + bytes/bandwidth."""
 
 import numpy as np
 import pytest
