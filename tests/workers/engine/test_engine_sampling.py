@@ -207,3 +207,13 @@ def test_logprobs_cross_the_prefill_to_decode_handoff(checkpoint):
     assert [r.token_id for r in handed] == [r.token_id for r in together]
     for a, b in zip(handed, together):
         assert a.logprob == pytest.approx(b.logprob, abs=1e-5) and [t for t, _ in a.top] == [t for t, _ in b.top]
+
+
+def test_pool_replicas_stream_logprobs_in_their_token_chunks(checkpoint):
+    from workers.deployments import _chunk
+
+    outs = run(LLMEngine(checkpoint), {"r": (prompt(6), SamplingParams(max_tokens=2, logprobs=1, prompt_logprobs=0, ignore_eos=True))})["r"]
+    first, last = (_chunk(o, "colocated") for o in outs)
+    assert first.logprobs == tuple(outs[0].logprobs) and len(first.logprobs) == 1
+    assert first.prompt_logprobs == tuple(outs[0].prompt_logprobs) and len(first.prompt_logprobs) == 6
+    assert first.prompt_logprobs[0] is None and last.prompt_logprobs == ()
