@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Optional
 
@@ -45,11 +44,14 @@ def up(
     insecure: bool = typer.Option(False, "--insecure", help="serve inference without API keys"),
     redis: Optional[str] = typer.Option(None, "--redis", help="telemetry Redis URL (default: the spec's, else a private redis-server)"),
     record: Optional[Path] = typer.Option(None, "--record", help="append every control round (observation, memory, decisions) to this JSON-lines file"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="show Ray's and Serve's INFO lines and the replicas' output too"),
 ) -> None:
     """Start Ray (local unless --address), deploy the spec's pools and router, serve until Ctrl-C."""
+    from controller.logs import configure, ray_logs_dir
+    from controller.up import state_dir
     from controller.up import up as run_up
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_file = configure(state_dir() / "up.log", verbose=verbose)
     cluster_spec = load_spec(spec)
 
     def ready(endpoints) -> None:
@@ -61,11 +63,12 @@ def up(
         else:
             console.print("  [yellow]API keys are off (--insecure)[/yellow]")
         console.print(f"  Dashboard   {endpoints.http_url.removesuffix('/v1')}/dashboard  (operator token {endpoints.operator_token})")
+        console.print(f"  Logs        {log_file} (Pavana), {ray_logs_dir()} (Ray and the replicas)")
         console.print("Stop with Ctrl-C or `pavana down`.")
 
     if redis:
         cluster_spec = cluster_spec.model_copy(update={"redis_url": redis})
-    run_up(cluster_spec, address=address, insecure=insecure, on_ready=ready, record_path=record.resolve() if record else None)
+    run_up(cluster_spec, address=address, insecure=insecure, on_ready=ready, record_path=record.resolve() if record else None, verbose=verbose)
 
 
 @app.command()

@@ -130,7 +130,7 @@ def ensure_redis(spec: ClusterSpec) -> tuple[ClusterSpec, subprocess.Popen | Non
     return spec.model_copy(update={"redis_url": url}), proc
 
 
-def start_ray(spec: ClusterSpec, address: str | None) -> None:
+def start_ray(spec: ClusterSpec, address: str | None, *, verbose: bool = False) -> None:
     """Join `address`, or start an embedded local cluster whose single node carries every
     site's custom resource, so all sites of the spec can be placed on one machine."""
     import ray
@@ -140,18 +140,23 @@ def start_ray(spec: ClusterSpec, address: str | None) -> None:
     # Ray Serve's gRPC proxy reads its message cap from the environment of the processes Ray
     # starts: refuse oversized messages there, not after 2 GiB have crossed the proxy.
     os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(DEFAULT_LIMITS.max_grpc_message_bytes))
+    # Quiet unless verbose: Ray's INFO lines and the workers' output stay in Ray's session logs.
+    quiet = {"logging_level": logging.INFO if verbose else logging.WARNING, "log_to_driver": verbose}
     if address:
-        ray.init(address=address)
+        ray.init(address=address, **quiet)
         return
     pools_cpus = sum(p.num_cpus * p.max_replicas for p in spec.pools.values()) * len(spec.sites)
     ray.init(
         num_cpus=max(os.cpu_count() or 1, int(pools_cpus) + 1),
         resources={f"site.{site.name}": 1000 for site in spec.sites},
         include_dashboard=False,
+        **quiet,
     )
 
 
-def up(spec: ClusterSpec, *, address: str | None = None, insecure: bool = False, on_ready=None, record_path=None) -> None:
+def up(
+    spec: ClusterSpec, *, address: str | None = None, insecure: bool = False, on_ready=None, record_path=None, verbose: bool = False
+) -> None:
     """Deploy and serve until SIGINT/SIGTERM; then shut Serve (and an embedded Ray) down."""
     import ray
     from ray import serve
@@ -163,7 +168,7 @@ def up(spec: ClusterSpec, *, address: str | None = None, insecure: bool = False,
     spec = with_operator_token(spec)
     spec, redis_proc = ensure_redis(spec)
     spec = with_run_scope(spec)
-    start_ray(spec, address)
+    start_ray(spec, address, verbose=verbose)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
