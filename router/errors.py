@@ -108,8 +108,9 @@ def _field_path(loc: list[Any]) -> list[Any]:
     # a model's class name such as `NamedToolChoice`) to a location; a client wants the field
     # it sent. OpenAI's field names are all lower case.
     path: list[Any] = []
-    for part in loc:
-        if isinstance(part, str) and ("[" in part or part in _TYPE_TAGS or part[:1].isupper()):
+    for depth, part in enumerate(loc):
+        # The first part is always a field of the body (a body that is no object has no loc).
+        if depth and isinstance(part, str) and ("[" in part or part in _TYPE_TAGS or part[:1].isupper()):
             break
         path.append(part)
     return path

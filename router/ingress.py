@@ -109,6 +109,21 @@ def _load_object(path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def _own_serve_request_id() -> None:
+    """Give the current task a Serve request id of its own.
+
+    Ray Serve (2.60) routes a handle call under the `internal_request_id` of the request being
+    served, which every call made while serving it inherits, and keeps pending calls in a map
+    by that id: two calls to one pool in flight at once from one request overwrite each other
+    there, and one of them is never routed (n=3 hung: two copies' prefills at once). Each
+    choice's task is a request of its own to the pools, so it gets an id of its own; the copy
+    of the context a task runs in keeps the change to that task."""
+    from ray.serve import context
+
+    current = context._get_serve_request_context()
+    context._serve_request_context.set(dataclasses.replace(current, _internal_request_id=uuid.uuid4().hex))
+
+
 def _no_console() -> JSONResponse:
     return JSONResponse(error_body("This deployment serves no operator console.", NOT_FOUND), status_code=404)
 
@@ -374,7 +389,7 @@ class Ingress(GRPCMethods):
                 self.dashboard.metrics.count(refused)
             raise
         requests = copies(prepared.request, prepared.n)
-        choices = fan_out(lambda i: self._run_stages(dataclasses.replace(prepared, request=requests[i])), prepared.n)
+        choices = fan_out(lambda i: self._run_choice(dataclasses.replace(prepared, request=requests[i]), prepared.n > 1), prepared.n)
         try:
             async for item in choices:
                 yield item
@@ -393,6 +408,18 @@ class Ingress(GRPCMethods):
                 yield chunk
         finally:
             await choices.aclose()
+
+    async def _run_choice(self, prepared: PreparedRequest, own_request_id: bool) -> AsyncIterator[TokenChunk]:
+        """One choice's stages; with several choices, each in its own task
+        (`router/choices.py`) under a Serve request id of its own (`_own_serve_request_id`)."""
+        if own_request_id:
+            _own_serve_request_id()
+        stages = self._run_stages(prepared)
+        try:
+            async for chunk in stages:
+                yield chunk
+        finally:
+            await stages.aclose()
 
     async def _run_stages(self, prepared: PreparedRequest) -> AsyncIterator[TokenChunk]:
         site = await self.pick_site(prepared)

@@ -64,7 +64,9 @@ def test_completion(client, served):
 
 def test_completion_stream_matches_the_whole_answer_and_ends_with_usage(client, served):
     whole = client.completions.create(model=served.model, prompt=PROMPTS[1], max_tokens=16, temperature=0)
-    chunks = list(client.completions.create(model=served.model, prompt=PROMPTS[1], max_tokens=16, temperature=0, stream=True))
+    chunks = list(client.completions.create(
+        model=served.model, prompt=PROMPTS[1], max_tokens=16, temperature=0, stream=True, stream_options={"include_usage": True}
+    ))
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text == whole.choices[0].text
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [whole.choices[0].finish_reason]
@@ -86,21 +88,25 @@ def test_chat(client, served):
 def test_chat_stream(client, served):
     messages = [{"role": "user", "content": [{"type": "text", "text": "Tell me about the wind"}]}]
     whole = client.chat.completions.create(model=served.model, messages=messages, max_tokens=12, temperature=0)
-    chunks = list(client.chat.completions.create(model=served.model, messages=messages, max_tokens=12, temperature=0, stream=True))
+    chunks = list(client.chat.completions.create(
+        model=served.model, messages=messages, max_tokens=12, temperature=0, stream=True, stream_options={"include_usage": True}
+    ))
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
-def test_usage_chunk_can_be_turned_off(served):
-    raw = httpx.post(
-        f"{served.http_url}/completions", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60,
-        json={"model": served.model, "prompt": "Hello", "max_tokens": 3, "stream": True, "stream_options": {"include_usage": False}},
-    )
+@pytest.mark.parametrize("stream_options", [None, {"include_usage": False}, {}])
+def test_streams_carry_no_usage_unless_the_client_asks(served, stream_options):
+    """OpenAI's default: the usage chunk only with `stream_options.include_usage`."""
+    body = {"model": served.model, "prompt": "Hello", "max_tokens": 3, "stream": True}
+    if stream_options is not None:
+        body["stream_options"] = stream_options
+    raw = httpx.post(f"{served.http_url}/completions", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60, json=body)
     events = [line.removeprefix("data: ") for line in raw.text.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
-    assert all(json.loads(e)["usage"] is None for e in events[:-1])
+    assert all(json.loads(e)["usage"] is None and json.loads(e)["choices"] for e in events[:-1])
 
 
 def test_greedy_output_is_the_same_disaggregated_colocated_and_direct(client, served, colocated_app, direct_engine):
@@ -127,7 +133,7 @@ def test_32_concurrent_streams_all_finish_with_their_token_counts(served):
     async def one(client: openai.AsyncOpenAI, i: int) -> tuple[int, str | None, int]:
         stream = await client.completions.create(
             model=served.model, prompt=f"{PROMPTS[i % 3]} {i}", max_tokens=8 + i % 5, temperature=0, stream=True,
-            extra_body={"ignore_eos": True},
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
         )
         finish, usage = None, None
         async for chunk in stream:
@@ -196,7 +202,10 @@ BAD_REQUESTS = {
     "max_tokens 0": ("/completions", {"prompt": "hi", "max_tokens": 0}, 400, "max_tokens"),
     "max_tokens negative": ("/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}, 400, "max_tokens"),
     "max_completion_tokens 0": ("/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0}, 400, "max_completion_tokens"),
-    "n of 2": ("/completions", {"prompt": "hi", "n": 2}, 400, "n"),
+    "n of 0": ("/completions", {"prompt": "hi", "n": 0}, 400, "n"),
+    "an unknown field": ("/completions", {"prompt": "hi", "max_tokns": 3}, 400, "max_tokns"),
+    "an OpenAI field Pavana lacks": ("/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "audio": {"voice": "x"}}, 400, "audio"),
+    "an unknown field in a message": ("/chat/completions", {"messages": [{"role": "user", "content": "hi", "mood": "sad"}]}, 400, "messages[0].mood"),
     "token id out of the vocabulary": ("/completions", {"prompt": [1, 10**6]}, 400, "prompt"),
     "unknown model": ("/completions", {"model": "gpt-17", "prompt": "hi"}, 404, "model"),
     "corrupt image": ("/chat/completions", _chat_body([{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgoAAAA"}}]), 400, "messages[0].content[0].image_url"),
