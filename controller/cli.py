@@ -45,10 +45,11 @@ def up(
     redis: Optional[str] = typer.Option(None, "--redis", help="telemetry Redis URL (default: the spec's, else a private redis-server)"),
     record: Optional[Path] = typer.Option(None, "--record", help="append every control round (observation, memory, decisions) to this JSON-lines file"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Ray's and Serve's INFO lines and the replicas' output too"),
+    host: str = typer.Option("127.0.0.1", "--host", help="interface the HTTP and gRPC APIs listen on (0.0.0.0: all; needs API keys)"),
 ) -> None:
     """Start Ray (local unless --address), deploy the spec's pools and router, serve until Ctrl-C."""
     from controller.logs import configure, ray_logs_dir
-    from controller.up import state_dir
+    from controller.up import check_exposure, state_dir
     from controller.up import up as run_up
 
     log_file = configure(state_dir() / "up.log", verbose=verbose)
@@ -68,7 +69,15 @@ def up(
 
     if redis:
         cluster_spec = cluster_spec.model_copy(update={"redis_url": redis})
-    run_up(cluster_spec, address=address, insecure=insecure, on_ready=ready, record_path=record.resolve() if record else None, verbose=verbose)
+    try:
+        check_exposure(host, insecure=insecure)
+    except ValueError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
+        raise typer.Exit(1) from None
+    run_up(
+        cluster_spec, address=address, insecure=insecure, on_ready=ready, record_path=record.resolve() if record else None,
+        verbose=verbose, host=host,
+    )
 
 
 @app.command()

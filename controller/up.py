@@ -130,7 +130,29 @@ def ensure_redis(spec: ClusterSpec) -> tuple[ClusterSpec, subprocess.Popen | Non
     return spec.model_copy(update={"redis_url": url}), proc
 
 
-def start_ray(spec: ClusterSpec, address: str | None, *, verbose: bool = False) -> None:
+LOOPBACK = "127.0.0.1"
+ALL_INTERFACES = ("0.0.0.0", "::")
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def check_exposure(host: str, *, insecure: bool) -> None:
+    """Inference without API keys is served on the loopback interface only."""
+    if insecure and not is_loopback(host):
+        raise ValueError(
+            f"host: serving without API keys (--insecure) on {host} would open inference to the network; "
+            "drop --insecure (keys are generated for you) or serve on 127.0.0.1"
+        )
+
+
+def start_ray(spec: ClusterSpec, address: str | None, *, verbose: bool = False, host: str = LOOPBACK) -> None:
     """Join `address`, or start an embedded local cluster whose single node carries every
     site's custom resource, so all sites of the spec can be placed on one machine."""
     import ray
@@ -141,23 +163,36 @@ def start_ray(spec: ClusterSpec, address: str | None, *, verbose: bool = False) 
     # starts: refuse oversized messages there, not after 2 GiB have crossed the proxy.
     os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(DEFAULT_LIMITS.max_grpc_message_bytes))
     # Quiet unless verbose: Ray's INFO lines and the workers' output stay in Ray's session logs.
+    from controller.grpc_host import runtime_env
+
     quiet = {"logging_level": logging.INFO if verbose else logging.WARNING, "log_to_driver": verbose}
+    # The gRPC proxy listens on `host`, like the HTTP proxy (`controller/grpc_host.py`).
+    options = {**quiet, "runtime_env": runtime_env(host)}
     if address:
-        ray.init(address=address, **quiet)
+        ray.init(address=address, **options)
         return
     pools_cpus = sum(p.num_cpus * p.max_replicas for p in spec.pools.values()) * len(spec.sites)
     ray.init(
         num_cpus=max(os.cpu_count() or 1, int(pools_cpus) + 1),
         resources={f"site.{site.name}": 1000 for site in spec.sites},
         include_dashboard=False,
-        **quiet,
+        **options,
     )
 
 
 def up(
-    spec: ClusterSpec, *, address: str | None = None, insecure: bool = False, on_ready=None, record_path=None, verbose: bool = False
+    spec: ClusterSpec,
+    *,
+    address: str | None = None,
+    insecure: bool = False,
+    on_ready=None,
+    record_path=None,
+    verbose: bool = False,
+    host: str = LOOPBACK,
 ) -> None:
-    """Deploy and serve until SIGINT/SIGTERM; then shut Serve (and an embedded Ray) down."""
+    """Deploy and serve on `host` (HTTP and gRPC) until SIGINT/SIGTERM; then shut Serve (and
+    an embedded Ray) down."""
+    check_exposure(host, insecure=insecure)
     import ray
     from ray import serve
 
@@ -168,16 +203,17 @@ def up(
     spec = with_operator_token(spec)
     spec, redis_proc = ensure_redis(spec)
     spec = with_run_scope(spec)
-    start_ray(spec, address, verbose=verbose)
+    start_ray(spec, address, verbose=verbose, host=host)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        start_serving(spec)
+        start_serving(spec, http_host=host)
         start_reconciler(spec, record_path=record_path)
+        shown = LOOPBACK if host in ALL_INTERFACES else (f"[{host}]" if ":" in host else host)
         endpoints = Endpoints(
-            http_url=f"http://127.0.0.1:{spec.http_port}/v1",
-            grpc_address=f"127.0.0.1:{spec.grpc_port}",
+            http_url=f"http://{shown}:{spec.http_port}/v1",
+            grpc_address=f"{shown}:{spec.grpc_port}",
             api_key=api_key,
             redis_url=spec.redis_url,
             operator_token=spec.operator_token,
