@@ -30,7 +30,8 @@ class KVHandoff:
     `token_ids` are the prompt and the first output token; `kv` is a tensor
     [layers, 2, num_prompt_tokens, kv_heads, head_dim] holding the prompt's keys and values.
     `mm_hashes` are (offset, length, content hash) of the prompt's images, so the decode
-    engine's prefix cache tells different images apart.
+    engine's prefix cache tells different images apart. A grammar's matcher does not travel:
+    the decode engine rebuilds it from `params.grammar` and the output tokens here.
     """
 
     request_id: str
