@@ -283,7 +283,7 @@ class Ingress(GRPCMethods):
         try:
             self.keys.check_http(request.headers.get("authorization"))
             body = _validated(TokenizeRequest, await request.body())
-            tokens = self.prompts.tokenize(body)
+            tokens = await asyncio.to_thread(self.prompts.tokenize, body)
         except Exception as exc:
             return _json_error(to_error_response(exc))
         strs = [self.texts.token_str(t) for t in tokens] if body.return_token_strs else None
@@ -314,7 +314,9 @@ class Ingress(GRPCMethods):
             key = self.keys.check_http(request.headers.get("authorization"))
             qos_class = self._qos_class(request.headers.get(QOS_HEADER), key)
             body = _validated(body_type, await request.body())
-            prepared = self._classed(prepare(body, f"{id_prefix}-{uuid.uuid4().hex}"), qos_class)
+            # In a thread: compiling a large JSON schema or tokenizing a long prompt takes up to
+            # seconds, which would stall every stream this replica serves.
+            prepared = self._classed(await asyncio.to_thread(prepare, body, f"{id_prefix}-{uuid.uuid4().hex}"), qos_class)
             fmt = format_for(format_type, prepared, body.model, self.texts)
             stream = self.generate_choices(prepared)
             if not body.stream:

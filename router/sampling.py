@@ -8,7 +8,6 @@ a client reads, in the API's terms: `logit_bias` keys are token ids written as s
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 from router.errors import invalid_request
@@ -21,6 +20,9 @@ MAX_PENALTY = 2.0  # presence and frequency penalties: OpenAI's [-2, 2]
 MAX_LOGIT_BIAS = 100.0  # OpenAI's [-100, 100]
 # OpenAI allows 20 alternatives in chat and 5 in completions; Pavana allows 20 in both, as vLLM.
 MAX_LOGPROBS = 20
+# A repetition penalty divides positive logits and multiplies negative ones: beyond these
+# bounds a logit overflows float32 and the draw fails, for the whole batch (1e-40 did).
+REPETITION_PENALTY_RANGE = (0.01, 100.0)
 MAX_STOP_TOKEN_IDS = 256  # bounds the engine's per-token check; far above any real use
 SEED_RANGE = (-(2**63), 2**64)  # what fits in 64 bits, signed or not
 
@@ -65,8 +67,11 @@ def sampling_params(
         raise invalid_request(f"seed: must fit in 64 bits, got {body.seed}", param="seed")
     penalties = {name: _penalty(body, name) for name in ("presence_penalty", "frequency_penalty")}
     repetition_penalty = 1.0 if body.repetition_penalty is None else body.repetition_penalty
-    if not (math.isfinite(repetition_penalty) and repetition_penalty > 0.0):
-        raise invalid_request(f"repetition_penalty: must be > 0 (1 disables it), got {repetition_penalty}", param="repetition_penalty")
+    low, high = REPETITION_PENALTY_RANGE
+    if not low <= repetition_penalty <= high:
+        raise invalid_request(
+            f"repetition_penalty: must be in [{low:g}, {high:g}] (1 disables it), got {repetition_penalty}", param="repetition_penalty"
+        )
     min_tokens = body.min_tokens or 0
     if not 0 <= min_tokens <= max_tokens:
         raise invalid_request(f"min_tokens: must be in [0, max_tokens = {max_tokens}], got {min_tokens}", param="min_tokens")

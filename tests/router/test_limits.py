@@ -357,7 +357,7 @@ finite = {"allow_nan": False, "allow_infinity": False}
     seed=st.one_of(st.none(), st.integers(-(2**63), 2**64 - 1)),
     min_p=st.one_of(st.none(), st.floats(-0.5, 1.5, **finite)),
     penalty=st.one_of(st.none(), st.floats(-3, 3, **finite)),
-    repetition_penalty=st.one_of(st.none(), st.floats(-1, 3, **finite)),
+    repetition_penalty=st.one_of(st.none(), st.floats(-1, 3, **finite), st.floats(0, 1e-30, **finite), st.floats(50, 1e300, **finite)),
     bias=st.dictionaries(st.integers(0, 600).map(str), st.floats(-150, 150, **finite), max_size=3),
 )
 def test_every_sampling_request_the_router_accepts_the_sampler_survives(
@@ -368,7 +368,7 @@ def test_every_sampling_request_the_router_accepts_the_sampler_survives(
     import torch
 
     from router.sampling import sampling_params
-    from workers.engine.sampler import sample
+    from workers.engine.sampler import SamplingRow, sample_rows
 
     body = CompletionRequest(
         model=DEFAULT_MODEL_NAME, prompt="hi", temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, min_p=min_p,
@@ -379,5 +379,7 @@ def test_every_sampling_request_the_router_accepts_the_sampler_survives(
     except APIError:
         return
     logits = torch.randn(1, 512, generator=torch.Generator().manual_seed(1)) * 10
-    [token] = sample(logits, [params], [0])
+    # With a history, so that the penalties apply: a prompt of 3 tokens and 2 output tokens.
+    row = SamplingRow(params, 2, token_ids=[5, 6, 7, 9, 9], num_prompt_tokens=3)
+    [token] = sample_rows(logits, [row], eos_token_ids=[2]).tokens
     assert 0 <= token < 512

@@ -172,6 +172,7 @@ def test_harmless_fields_are_accepted_with_their_defaults(tokenizer):
         ({"presence_penalty": 2.5}, "presence_penalty"),
         ({"frequency_penalty": -2.5}, "frequency_penalty"),
         ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"repetition_penalty": 1e-40}, "repetition_penalty"),
         ({"min_tokens": 17}, "min_tokens"),
         ({"min_tokens": -1}, "min_tokens"),
         ({"logit_bias": {"512": 1}}, "logit_bias"),
