@@ -59,7 +59,8 @@ async def stream_completion(client: httpx.AsyncClient, model: str, max_tokens: i
     """One streamed completion: chunks with text, the usage chunk's token count, whether it
     ended with [DONE], any error event. (Text chunks can be fewer than tokens: a token that
     ends inside a UTF-8 character is held back until the character is whole.)"""
-    body = {"model": model, "prompt": "Keep talking about the weather", "max_tokens": max_tokens, "stream": True, "ignore_eos": True}
+    body = {"model": model, "prompt": "Keep talking about the weather", "max_tokens": max_tokens, "stream": True, "ignore_eos": True,
+            "stream_options": {"include_usage": True}}
     seen = {"tokens": 0, "usage_tokens": None, "done": False, "error": None, "status": None}
     async with client.stream("POST", "/completions", json=body) as response:
         seen["status"] = response.status_code

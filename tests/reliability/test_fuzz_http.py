@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.generation.feedback import NO_FEEDBACK
 
-from router.protocol import ChatCompletionRequest, CompletionRequest
+from router.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from tests.reliability.conftest import HostileApp
 
 pytestmark = [pytest.mark.ray, pytest.mark.redis, pytest.mark.slow]
@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.redis, pytest.mark.slow]
 REQUEST_TIMEOUT_S = 20.0
 VALID_MAX_TOKENS = 8
 ERROR_STATUSES = {400, 401, 404, 405, 413, 422, 431}
-FUZZ_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/models/{model_id}")
+FUZZ_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/models/{model_id}", "/tokenize", "/detokenize")
 
 
 def fuzz(max_examples: int):
@@ -61,16 +61,28 @@ SERVED_RANGES: dict[str, dict[str, Any]] = {
     "top_p": _or_null({"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
     "top_k": _or_null({"type": "integer", "minimum": -1}),
     "seed": _or_null({"type": "integer", "minimum": -(2**63), "maximum": 2**64 - 1}),
-    "n": _or_null({"const": 1}),
-    "presence_penalty": _or_null({"const": 0}),
-    "frequency_penalty": _or_null({"const": 0}),
-    "logprobs": _or_null({"const": False}),
+    "n": _or_null({"type": "integer", "minimum": 1, "maximum": 2}),
+    "presence_penalty": _or_null({"type": "number", "minimum": -2, "maximum": 2}),
+    "frequency_penalty": _or_null({"type": "number", "minimum": -2, "maximum": 2}),
+    "repetition_penalty": _or_null({"type": "number", "minimum": 0.01, "maximum": 2}),
+    "min_p": _or_null({"type": "number", "minimum": 0, "maximum": 1}),
+    "min_tokens": _or_null({"type": "integer", "minimum": 0, "maximum": 1}),
+    "logit_bias": _or_null({"type": "object", "propertyNames": {"pattern": "^(0|[1-9][0-9]?)$"},
+                            "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}, "maxProperties": 3}),
+    "stop_token_ids": _or_null({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 511}, "maxItems": 4}),
+    "top_logprobs": _or_null({"type": "integer", "minimum": 0, "maximum": 5}),
+    "priority": _or_null({"type": "integer", "minimum": 0, "maximum": 3}),
+    "user": _or_null({"type": "string", "maxLength": 64}),
+    "store": _or_null({"const": False}),
+    "service_tier": _or_null({"enum": ["auto", "default"]}),
+    "stream_options": {"type": "null"},  # only with stream: true
     "stop": _or_null({"anyOf": [{"type": "string", "minLength": 1}, {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 4}]}),
-    "echo": {"const": False},
     "best_of": _or_null({"const": 1}),
     "suffix": {"type": "null"},
     "tools": {"type": "null"},
-    "response_format": _or_null({"type": "object", "properties": {"type": {"const": "text"}}, "required": ["type"]}),
+    "tool_choice": {"type": "null"},
+    "response_format": _or_null({"type": "object", "properties": {"type": {"enum": ["text", "json_object"]}}, "required": ["type"],
+                                 "additionalProperties": False}),
     "prompt": {"anyOf": [
         {"type": "string", "minLength": 1, "maxLength": 200},
         {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 511}, "minItems": 1, "maxItems": 64},
@@ -82,12 +94,15 @@ def _request_body(model_type: type, served_model: str, components: dict[str, Any
     schema = model_type.model_json_schema(ref_template="#/components/schemas/{model}")
     components.update(schema.pop("$defs", {}))
     props = schema["properties"]
+    # Completions' `logprobs` is a count, chat's a flag.
+    ranges = {**SERVED_RANGES, "logprobs": _or_null({"type": "integer", "minimum": 0, "maximum": 5})
+              if model_type is CompletionRequest else _or_null({"type": "boolean"})}
     props["model"] = {"const": served_model}
     small = {"type": "integer", "minimum": 1, "maximum": VALID_MAX_TOKENS}
     for name in ("max_tokens", "max_completion_tokens"):
         if name in props:
             props[name] = small
-    props.update({name: rule for name, rule in SERVED_RANGES.items() if name in props})
+    props.update({name: rule for name, rule in ranges.items() if name in props})
     schema["required"] = sorted({*schema.get("required", ()), "max_tokens"})
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
@@ -99,6 +114,13 @@ def fuzz_schema(served: dict[str, Any], served_model: str) -> dict[str, Any]:
     components = raw.setdefault("components", {}).setdefault("schemas", {})
     raw["paths"]["/v1/completions"]["post"]["requestBody"] = _request_body(CompletionRequest, served_model, components)
     raw["paths"]["/v1/chat/completions"]["post"]["requestBody"] = _request_body(ChatCompletionRequest, served_model, components)
+    for path, model_type in (("/tokenize", TokenizeRequest), ("/detokenize", DetokenizeRequest)):
+        schema = model_type.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(schema.pop("$defs", {}))
+        schema["properties"]["model"] = _or_null({"const": served_model})
+        if "tokens" in schema["properties"]:
+            schema["properties"]["tokens"] = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 511}, "maxItems": 64}
+        raw["paths"][path]["post"]["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
     return raw
 
 
@@ -163,6 +185,9 @@ def send(client: httpx.Client, method: str, url: str, *, label: str, **kwargs: A
         assert_openai_error(response.json(), where)
     elif response.headers.get("content-type", "").startswith("text/event-stream"):
         check_sse(response.text, where)
+    elif url.endswith(("/tokenize", "/detokenize")):
+        body = response.json()
+        assert isinstance(body.get("tokens", body.get("prompt")), list | str), f"{where}: {body!r:.300}"
     else:
         body = response.json()
         assert isinstance(body.get("choices", body.get("data")), list), f"{where}: {body!r:.300}"
@@ -204,6 +229,19 @@ def test_generated_bodies_get_a_result_or_an_openai_error(client, schema, hostil
     @given(data=st.data())
     def run(data):
         send_case(client, draw_case(data, schema, path, "POST", mode), hostile_app, f"{path}:{mode.value}")
+
+    run()
+
+
+@pytest.mark.parametrize("path", ["/tokenize", "/detokenize"])
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=["valid", "invalid"])
+def test_tokenizer_endpoints_get_a_result_or_an_openai_error(client, schema, hostile_app, path, mode):
+    @fuzz(60)
+    @given(data=st.data())
+    def run(data):
+        response = send_case(client, draw_case(data, schema, path, "POST", mode), hostile_app, f"{path}:{mode.value}")
+        if response.status_code == 200:
+            assert set(response.json()) in ({"count", "max_model_len", "tokens", "token_strs"}, {"prompt"})
 
     run()
 

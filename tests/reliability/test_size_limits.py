@@ -1,5 +1,5 @@
 """Size limits and request bounds of the HTTP API on a real application: bodies, headers,
-prompts beyond the context, `max_tokens`, unsupported `n` and `logprobs`. Every refusal is
+prompts beyond the context, `max_tokens`, `n` and `logprobs` out of range. Every refusal is
 OpenAI's error body with the status and field named; the application answers a plain
 request after each.
 
@@ -135,12 +135,12 @@ def test_a_quarter_million_empty_messages(client, hostile_app, still_serving):
         ({"max_tokens": CONTEXT_TOKENS}, "max_tokens", "at most"),
         ({"max_tokens": 2.5}, "max_tokens", "valid integer"),
         ({"max_tokens": "8"}, "max_tokens", "valid integer"),
-        ({"n": 2}, "n", "only n=1"),
-        ({"n": 0}, "n", "only n=1"),
-        ({"logprobs": 5}, "logprobs", "not supported"),
-        ({"logprobs": True}, "logprobs", "not supported"),
-        ({"best_of": 3}, "best_of", "only best_of=1"),
-        ({"echo": True}, "echo", "not supported"),
+        ({"n": 129}, "n", "[1, 128]"),
+        ({"n": 0}, "n", "[1, 128]"),
+        ({"logprobs": 21}, "logprobs", "[0, 20]"),
+        ({"logprobs": True}, "logprobs", "valid integer"),
+        ({"best_of": 3}, "best_of", "equal to n"),
+        ({"suffix": "end"}, "suffix", "not supported"),
         ({"temperature": 2.5}, "temperature", "[0, 2]"),
         ({"top_p": 0}, "top_p", "(0, 1]"),
         ({"seed": 2**70}, "seed", "64 bits"),
@@ -154,7 +154,7 @@ def test_completion_bounds(client, hostile_app, fields, param, says, still_servi
 
 @pytest.mark.parametrize(
     ("fields", "param"),
-    [({"max_completion_tokens": 0}, "max_completion_tokens"), ({"n": 3}, "n"), ({"logprobs": True}, "logprobs"), ({"max_tokens": -1}, "max_tokens")],
+    [({"max_completion_tokens": 0}, "max_completion_tokens"), ({"n": 0}, "n"), ({"top_logprobs": 3}, "top_logprobs"), ({"max_tokens": -1}, "max_tokens")],
 )
 def test_chat_bounds(client, hostile_app, fields, param, still_serving):
     body = {"model": hostile_app.model, "messages": [{"role": "user", "content": "Hi"}], **fields}
