@@ -1,6 +1,6 @@
 """Hostile gRPC calls to a real application through Ray Serve's gRPC proxy: bytes that are
-no `GenerateRequest`, fields of the wrong wire type, oversized messages, and generated
-requests. Each gets a status code and a message within the timeout, never `INTERNAL` or a
+no `GenerateRequest`, fields of the wrong wire type, oversized messages, generated requests and
+metadata, and cancelled streams — over a thousand messages, each sent unary and streaming. Each gets a status code and a message within the timeout, never `INTERNAL` or a
 dropped connection, and the server keeps serving.
 
 Bytes that do not parse reach the ingress as `Malformed` (Pavana registers its service with a
@@ -160,7 +160,7 @@ def test_a_long_prompt_under_the_limit_is_refused_without_tokenizing(raw, hostil
     assert seconds < 10.0
 
 
-@settings(max_examples=100, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=200, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 @given(payload=st.binary(max_size=256))
 def test_random_bytes(raw, hostile_app, payload):
     call_raw(raw, payload, hostile_app.grpc_metadata)
@@ -231,11 +231,75 @@ requests = st.builds(
 )
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=400, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 @given(request=requests)
 def test_generated_requests(raw, hostile_app, request):
     code, details, _ = call_raw(raw, request.SerializeToString(), hostile_app.grpc_metadata)
     assert code != grpc.StatusCode.UNKNOWN, f"a well-formed message was not understood: {details}"
+
+
+# -- metadata and cancelled calls ---------------------------------------------------------------
+# Metadata is refused with the status its HTTP twin gets (a key: 401 → UNAUTHENTICATED; a class
+# the key may not use: 403 → PERMISSION_DENIED), never a crash.
+METADATA_CODES = CLEAN_CODES | {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+header_names = st.sampled_from(["x-api-key", "authorization", "x-pavana-qos-class", "application", "user-agent", "x-request-id"]) | st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=12
+).filter(lambda k: not k.startswith("grpc-") and not k.endswith("-bin"))
+header_values = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
+metadata_lists = st.lists(st.tuples(header_names, header_values), max_size=5)
+SMALL_REQUEST = pb.GenerateRequest(text="Hello", sampling=pb.SamplingParams(max_tokens=2, temperature=0))
+
+
+@settings(max_examples=250, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(extra=metadata_lists, keep_key=st.booleans(), keep_app=st.booleans())
+def test_generated_metadata(raw, hostile_app, extra, keep_key, keep_app):
+    """Random headers beside (or instead of) the key and the application's name."""
+    base = [(k, v) for k, v in hostile_app.grpc_metadata if (k == "x-api-key" and keep_key) or (k == "application" and keep_app)]
+    unary, stream = raw
+    payload = SMALL_REQUEST.SerializeToString()
+    codes = []
+    for method in (unary, lambda p, **kw: list(stream(p, **kw))):
+        try:
+            method(payload, metadata=[*base, *extra], timeout=CALL_TIMEOUT_S)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            assert exc.code() in METADATA_CODES and exc.details(), (exc.code(), exc.details(), extra)
+            codes.append(exc.code())
+    assert codes[0] == codes[1], (codes, extra)
+
+
+def engine_idle(hostile_app: HostileApp) -> bool:
+    from ray import serve
+
+    from controller.app import deployment_name
+
+    handle = serve.get_deployment_handle(deployment_name("colocated", hostile_app.spec.sites[0].name), app_name=APP_NAME)
+    stats = handle.stats.remote().result(timeout_s=30)
+    return stats["running"] == 0 and stats["waiting"] == 0
+
+
+def test_cancelled_streams_end_and_leave_nothing_running(channel, stub, hostile_app):
+    """Streams cancelled at their first token, at once, and at random points: each ends on the
+    client's side; afterwards the engine holds no request (the cancellations reached it) and
+    the server serves."""
+    import random
+
+    rng = random.Random(0)
+    request = pb.GenerateRequest(text="The wind farm", sampling=pb.SamplingParams(max_tokens=60, temperature=0, ignore_eos=True))
+    for i in range(150):
+        call = stub.GenerateStream(request, metadata=hostile_app.grpc_metadata, timeout=CALL_TIMEOUT_S)
+        read = rng.choice([0, 1, 1, 3, 10])
+        try:
+            for _, _ in zip(range(read), call):
+                pass
+        finally:
+            call.cancel()
+        assert call.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.OK), (i, call.code())
+    deadline = time.monotonic() + 60
+    while not engine_idle(hostile_app):
+        assert time.monotonic() < deadline, "cancelled streams are still running in the engine"
+        time.sleep(0.5)
+    assert_serving(stub, hostile_app)
 
 
 def test_the_server_still_serves_and_is_healthy(channel, stub, hostile_app):
