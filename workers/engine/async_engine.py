@@ -90,10 +90,16 @@ class AsyncEngine:
         *,
         priority: int = 0,
         deadline_s: float = math.inf,
+        resume_token_ids: Seq[int] = (),
+        resume_text_chars: int = 0,
     ) -> AsyncIterator[RequestOutput]:
-        """Stream a request's outputs; leaving the iteration early aborts the request."""
+        """Stream a request's outputs; leaving the iteration early aborts the request. A resumed
+        request (`LLMEngine.prepare`) streams only what follows its resumed output."""
         seq = self._check_admission(
-            lambda: self.engine.prepare(request_id, prompt_token_ids, params, mm_spans, priority=priority, deadline_s=deadline_s),
+            lambda: self.engine.prepare(
+                request_id, prompt_token_ids, params, mm_spans, priority=priority, deadline_s=deadline_s,
+                resume_token_ids=resume_token_ids, resume_text_chars=resume_text_chars,
+            ),
             request_id,
         )
         async for out in self._stream(seq):

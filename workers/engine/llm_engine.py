@@ -119,13 +119,23 @@ class LLMEngine:
         *,
         priority: int = 0,
         deadline_s: float = math.inf,
+        resume_token_ids: Seq[int] = (),
+        resume_text_chars: int = 0,
     ) -> Sequence:
         """Validate a request and build its sequence without touching the engine's state, so a
         caller on another thread can reject bad input at once and admit later with `add`.
-        `priority` and `deadline_s` order the waiting queue (QoS classes)."""
+        `priority` and `deadline_s` order the waiting queue (QoS classes).
+
+        `resume_token_ids` continues a request whose replica was lost after streaming those
+        output tokens (and `resume_text_chars` characters of their text): they are recomputed
+        with the prompt, exactly as after a preemption by recomputation, and sampling goes on
+        from output position `len(resume_token_ids)`, so seeded draws, penalties, `max_tokens`,
+        stop strings and the grammar continue where the lost replica stopped."""
         params = params or SamplingParams()
         prompt = list(prompt_token_ids)
+        resumed = list(resume_token_ids)
         self._validate(request_id, prompt, params)
+        self._validate_resumed(prompt, resumed, resume_text_chars, params)
         hidden = self.model_config.hidden_size
         for span in mm_spans:
             if span.offset < 0 or span.offset + span.length > len(prompt):
@@ -134,29 +144,37 @@ class LLMEngine:
                 shape = None if span.embeds is None else tuple(span.embeds.shape)
                 raise ValueError(f"mm_spans: span at {span.offset} needs embeddings of shape ({span.length}, {hidden}), got {shape}")
         return Sequence(
-            request_id, prompt, params, next(self._arrivals), mm_spans=list(mm_spans), priority=priority, deadline_s=deadline_s,
-            grammar_matcher=self._matcher(params),
+            request_id, prompt + resumed, params, next(self._arrivals), num_prompt_tokens=len(prompt), mm_spans=list(mm_spans),
+            num_text_chars_emitted=resume_text_chars, priority=priority, deadline_s=deadline_s,
+            grammar_matcher=self._matcher(params, resumed),
         )
 
     def prepare_handoff(self, handoff: KVHandoff, *, priority: int = 0, deadline_s: float = math.inf) -> Sequence:
+        """A prefilled sequence's continuation. Its KV covers every token but the last (the
+        one the prefill engine sampled): the prompt, and for a resumed request the output
+        recomputed with it."""
         prompt = handoff.token_ids[: handoff.num_prompt_tokens]
         self._validate(handoff.request_id, prompt, handoff.params)
-        if handoff.kv.shape[2] != handoff.num_prompt_tokens:
-            raise ValueError(f"kv: holds {handoff.kv.shape[2]} tokens, expected {handoff.num_prompt_tokens}")
+        outputs = handoff.token_ids[handoff.num_prompt_tokens :]
+        if not outputs:
+            raise ValueError("token_ids: a hand-off carries at least the prefill engine's first token")
+        self._validate_resumed(prompt, outputs[:-1], handoff.num_text_chars_emitted, handoff.params)
+        if handoff.kv.shape[2] != len(handoff.token_ids) - 1:
+            raise ValueError(f"kv: holds {handoff.kv.shape[2]} tokens, expected {len(handoff.token_ids) - 1} (every token but the last)")
         return Sequence(
             handoff.request_id,
             list(handoff.token_ids),
             handoff.params,
             next(self._arrivals),
             num_prompt_tokens=handoff.num_prompt_tokens,
-            num_computed_tokens=handoff.num_prompt_tokens,
+            num_computed_tokens=handoff.kv.shape[2],
             mm_spans=[MultimodalSpan(o, n, h) for o, n, h in handoff.mm_hashes],
             pending_kv=handoff.kv,
             num_text_chars_emitted=handoff.num_text_chars_emitted,
             priority=priority,
             deadline_s=deadline_s,
             # The prefill replica's matcher stayed there: rebuild it and feed it the output so far.
-            grammar_matcher=self._matcher(handoff.params, handoff.token_ids[handoff.num_prompt_tokens :]),
+            grammar_matcher=self._matcher(handoff.params, outputs),
         )
 
     @property
@@ -191,6 +209,23 @@ class LLMEngine:
         if len(self._requests) >= self.config.max_queued_requests:
             raise OverflowError(f"engine: {len(self._requests)} requests queued, the limit is {self.config.max_queued_requests}")
 
+    def _validate_resumed(self, prompt: list[int], resumed: list[int], text_chars: int, params: SamplingParams) -> None:
+        """Output carried over from a lost replica must be output this request could have had."""
+        if text_chars < 0:
+            raise ValueError(f"resume_text_chars: must be >= 0, got {text_chars}")
+        if not resumed:
+            return
+        vocab = self.model_config.vocab_size
+        if min(resumed) < 0 or max(resumed) >= vocab:
+            raise ValueError(f"resume_token_ids: token ids must lie in [0, {vocab}), got {min(resumed)}..{max(resumed)}")
+        if len(resumed) >= params.max_tokens:
+            raise ValueError(f"resume_token_ids: {len(resumed)} tokens leave none of max_tokens={params.max_tokens} to generate")
+        if len(prompt) + len(resumed) >= self.max_model_len:
+            raise ValueError(
+                f"resume_token_ids: the prompt's {len(prompt)} and {len(resumed)} resumed tokens leave none of the model's "
+                f"context of {self.max_model_len} tokens to generate"
+            )
+
     def add(self, seq: Sequence) -> None:
         """Admit a prepared sequence into the waiting queue."""
         if seq.request_id in self._requests:
@@ -204,8 +239,8 @@ class LLMEngine:
         if seq.params.prompt_logprobs is not None and not seq.num_output_tokens:
             request.prompt_logprobs = [None] * seq.num_prompt_tokens
         if seq.num_output_tokens:
-            # A hand-off: its first token was reported by the prefill engine. Feed it to the
-            # detokenizer so that text and stop strings continue seamlessly.
+            # A hand-off or a resumed request: its output so far was reported elsewhere. Feed
+            # it to the detokenizer so that text and stop strings continue seamlessly.
             self._detokenize(request, seq.output_token_ids)
             request.emitted_chars = min(seq.num_text_chars_emitted, len(request.text))
         self._requests[seq.request_id] = request

@@ -27,8 +27,10 @@ class TokenLogprob:
 class KVHandoff:
     """A prefilled sequence, ready for a decode engine to continue.
 
-    `token_ids` are the prompt and the first output token; `kv` is a tensor
-    [layers, 2, num_prompt_tokens, kv_heads, head_dim] holding the prompt's keys and values.
+    `token_ids` are the prompt and the output so far: the first output token, preceded, for a
+    request resumed after its replica was lost, by the output the client had already received.
+    `kv` is a tensor [layers, 2, len(token_ids) - 1, kv_heads, head_dim] holding the keys and
+    values of every token but the last, which the decode engine computes first.
     `mm_hashes` are (offset, length, content hash) of the prompt's images, so the decode
     engine's prefix cache tells different images apart. A grammar's matcher does not travel:
     the decode engine rebuilds it from `params.grammar` and the output tokens here.
@@ -40,8 +42,8 @@ class KVHandoff:
     kv: Any
     params: SamplingParams
     mm_hashes: tuple[tuple[int, int, str], ...] = ()
-    # Characters of the first token's text the prefill engine already streamed (a partial
-    # UTF-8 character is held back until the decode engine completes it).
+    # Characters of the output's text already streamed (a partial UTF-8 character, or the
+    # start of a possible stop string, is held back until the decode engine settles it).
     num_text_chars_emitted: int = 0
 
 
