@@ -87,7 +87,7 @@ def _start_heartbeat(telemetry: dict[str, Any] | None, pool: str, stage: str, si
     return heartbeat
 
 
-def _chunk(out: RequestOutput, stage: str) -> TokenChunk:
+def _chunk(out: RequestOutput, stage: str, replica_id: str = "") -> TokenChunk:
     return TokenChunk(
         request_id=out.request_id,
         token_ids=list(out.new_token_ids),
@@ -99,6 +99,7 @@ def _chunk(out: RequestOutput, stage: str) -> TokenChunk:
         stage=stage,
         logprobs=tuple(out.logprobs),
         prompt_logprobs=tuple(out.prompt_logprobs),
+        replica_id=replica_id,
     )
 
 
@@ -117,6 +118,7 @@ class EngineReplica:
         self.async_engine = AsyncEngine(self.engine)
         self.pool = pool
         self.site = site
+        self.replica_id = _replica_id()
         self.held = HeldRefs()  # KV hand-offs this replica has produced
         self.heartbeat = _start_heartbeat(
             telemetry, pool, self.stage, site, self.record_routing_stats,
@@ -164,7 +166,8 @@ class EngineReplica:
     async def _generate(self, request: GenerateRequest) -> AsyncIterator[RequestOutput]:
         spans = await self._image_spans(request.images)
         async for out in self.async_engine.generate(
-            request.request_id, request.prompt_token_ids, request.params, spans, priority=request.priority, deadline_s=request.deadline_s
+            request.request_id, request.prompt_token_ids, request.params, spans, priority=request.priority, deadline_s=request.deadline_s,
+            resume_token_ids=request.resume_token_ids, resume_text_chars=request.resume_text_chars,
         ):
             yield out
 
@@ -174,7 +177,7 @@ class ColocatedReplica(EngineReplica):
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenChunk]:
         async for out in self._generate(request):
-            yield _chunk(out, self.stage)
+            yield _chunk(out, self.stage, self.replica_id)
 
 
 class PrefillReplica(EngineReplica):
@@ -187,9 +190,9 @@ class PrefillReplica(EngineReplica):
             last = out
         assert last is not None and last.finished
         if last.handoff is None:  # the first token already ended the request
-            return PrefillResult(first=_chunk(last, self.stage), num_prompt_tokens=last.num_prompt_tokens)
+            return PrefillResult(first=_chunk(last, self.stage, self.replica_id), num_prompt_tokens=last.num_prompt_tokens)
         return PrefillResult(
-            first=_chunk(last, self.stage),
+            first=_chunk(last, self.stage, self.replica_id),
             kv_ref=[self.held.hold(ray.put(last.handoff.kv))],
             num_prompt_tokens=last.handoff.num_prompt_tokens,
             mm_hashes=last.handoff.mm_hashes,
@@ -201,18 +204,21 @@ class DecodeReplica(EngineReplica):
     stage = "decode"
 
     async def decode(self, request: GenerateRequest, prefilled: PrefillResult) -> AsyncIterator[TokenChunk]:
+        """Continue `request` from the KV its prefill left; `request` is the one the prefill
+        replica was given, so a resumed request's carried output sits between the prompt and
+        the prefill's first token, as it does in the KV."""
         kv = await prefilled.kv_ref[0]
         handoff = KVHandoff(
             request_id=request.request_id,
-            token_ids=[*request.prompt_token_ids, *prefilled.first.token_ids],
+            token_ids=[*request.prompt_token_ids, *request.resume_token_ids, *prefilled.first.token_ids],
             num_prompt_tokens=prefilled.num_prompt_tokens,
             kv=kv,
             params=request.params,
             mm_hashes=prefilled.mm_hashes,
-            num_text_chars_emitted=len(prefilled.first.text),
+            num_text_chars_emitted=request.resume_text_chars + len(prefilled.first.text),
         )
         async for out in self.async_engine.generate_from_handoff(handoff, priority=request.priority, deadline_s=request.deadline_s):
-            yield _chunk(out, self.stage)
+            yield _chunk(out, self.stage, self.replica_id)
 
 
 class VisionReplica:

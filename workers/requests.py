@@ -33,6 +33,14 @@ class ImageInput:
 
 @dataclass(frozen=True, slots=True)
 class GenerateRequest:
+    """One request to a pool.
+
+    `resume_token_ids` and `resume_text_chars` are set when the router migrates a stream whose
+    replica was lost: the output tokens and the characters of output text the client already
+    received. The engine recomputes them as it would after a preemption and continues from
+    there, so the client's stream goes on without a repeated or missing token.
+    """
+
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
@@ -42,6 +50,8 @@ class GenerateRequest:
     deadline_s: float = math.inf  # wall-clock time by which the class's TTFT SLO wants the first token
     # Full-block prefix hashes of the prompt, for prefix-affinity replica choice.
     prefix_hashes: tuple[int, ...] = ()
+    resume_token_ids: tuple[int, ...] = ()
+    resume_text_chars: int = 0
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -54,6 +64,8 @@ class TokenChunk:
 
     `logprobs` has one record per token in `token_ids` when the request asked for `logprobs`;
     `prompt_logprobs`, only on a request's first chunk, one per prompt token (the first None).
+    `replica_id` names the Serve replica that produced the chunk, so a migration can be seen
+    (in logs and tests) as a change of replica within one stream.
     """
 
     request_id: str
@@ -66,6 +78,7 @@ class TokenChunk:
     stage: str = ""
     logprobs: tuple[TokenLogprob, ...] = ()
     prompt_logprobs: tuple[TokenLogprob | None, ...] = ()
+    replica_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +87,9 @@ class PrefillResult:
 
     `kv_ref` is a one-element list holding the ObjectRef of the KV tensor, so the router
     passes a reference to the decode pool and never holds the tensor itself. When the first
-    token already ends the request, `kv_ref` is empty.
+    token already ends the request, `kv_ref` is empty. The KV covers the prompt and any
+    resumed output (`GenerateRequest.resume_token_ids`), every token but `first`'s;
+    `num_prompt_tokens` is the prompt's length alone.
     """
 
     first: TokenChunk
