@@ -1,0 +1,380 @@
+"""The orchestrator's retry and migration paths, against fake pools with deterministic faults.
+
+The fakes implement exactly the handle surface the orchestrator uses
+(`.options(stream=True).generate.remote(req)`, `.prefill.remote(req)`,
+`.options(stream=True).decode.remote(req, prefilled)`, `.encode.remote(images)`) over a small
+deterministic "model" whose next token depends on the whole sequence so far: a resumed request
+that carried the wrong tokens, or a decode given a KV that does not match its request, streams
+different tokens. Faults are raised as exception classes named like Ray's, which is how
+`replica_lost` recognises them. The promise under test is the client's: one uninterrupted
+stream equal to the undisturbed one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+import router.orchestrator as orchestrator
+from router.orchestrator import MAX_ATTEMPTS, Orchestrator, SitePools
+from workers.requests import GenerateRequest, ImageInput, PrefillResult, SamplingParams, TokenChunk
+
+
+class ActorDiedError(Exception):
+    """Named like Ray's: the replica serving the call died."""
+
+
+class ObjectLostError(Exception):
+    """Named like Ray's base of lost objects."""
+
+
+class OwnerDiedError(ObjectLostError):
+    """Named like Ray's: the owner of an object (the prefill replica holding a KV) died."""
+
+
+PROMPT = [11, 12, 13, 14]
+MAX_TOKENS = 12
+
+
+def next_token(tokens: list[int]) -> int:
+    """A deterministic "greedy model": the next token depends on every token so far."""
+    return zlib.crc32(bytes(str(tokens), "ascii")) % 500
+
+
+def token_text(token: int) -> str:
+    return "x" * (token % 4) + f"{token}|"  # text lengths vary, so character counts are checked
+
+
+def undisturbed(prompt: list[int] = PROMPT, max_tokens: int = MAX_TOKENS) -> list[int]:
+    tokens = list(prompt)
+    while len(tokens) - len(prompt) < max_tokens:
+        tokens.append(next_token(tokens))
+    return tokens[len(prompt) :]
+
+
+def request(rid: str = "r1", max_tokens: int = MAX_TOKENS, images: tuple[ImageInput, ...] = ()) -> GenerateRequest:
+    return GenerateRequest(rid, list(PROMPT), SamplingParams(max_tokens=max_tokens, ignore_eos=True), images=images)
+
+
+class Fault:
+    """What the n-th call to a pool method does: stream `after` chunks, then raise `error`."""
+
+    def __init__(self, after: int, error: type[Exception] = ActorDiedError) -> None:
+        self.after = after
+        self.error = error
+
+
+class FakePool:
+    """One pool's handle. `faults[method]` lists what successive calls do (None: no fault).
+    Every call is recorded with its arguments; each call is served by a new "replica" id, as a
+    retry would be routed to another replica."""
+
+    def __init__(self, **faults: list[Fault | None]) -> None:
+        self.faults = {k: list(v) for k, v in faults.items()}
+        self.calls: dict[str, list[tuple[Any, ...]]] = {}
+        self.stream = False
+
+    def options(self, *, stream: bool = False) -> FakePool:
+        view = FakePool.__new__(FakePool)
+        view.__dict__ = dict(self.__dict__)  # shares faults and calls
+        view.stream = stream
+        return view
+
+    def _call(self, method: str, *args: Any) -> tuple[str, Fault | None]:
+        calls = self.calls.setdefault(method, [])
+        calls.append(args)
+        planned = self.faults.get(method, [])
+        return f"{method}-replica-{len(calls)}", (planned[len(calls) - 1] if len(calls) <= len(planned) else None)
+
+    # -- methods, each behind `.remote` ---------------------------------------------------------
+    @property
+    def generate(self) -> _Remote:
+        assert self.stream, "generate is a streaming call"
+        return _Remote(self._generate)
+
+    @property
+    def prefill(self) -> _Remote:
+        return _Remote(self._prefill)
+
+    @property
+    def decode(self) -> _Remote:
+        assert self.stream, "decode is a streaming call"
+        return _Remote(self._decode)
+
+    @property
+    def encode(self) -> _Remote:
+        return _Remote(self._encode)
+
+    async def _generate(self, req: GenerateRequest) -> AsyncIterator[TokenChunk]:
+        replica, fault = self._call("generate", req)
+        tokens = [*req.prompt_token_ids, *req.resume_token_ids]
+        async for chunk in _continue(req, tokens, replica, fault, "colocated"):
+            yield chunk
+
+    async def _prefill(self, req: GenerateRequest) -> PrefillResult:
+        replica, fault = self._call("prefill", req)
+        await asyncio.sleep(0)
+        if fault is not None:
+            raise fault.error(f"{replica} died")
+        tokens = [*req.prompt_token_ids, *req.resume_token_ids]
+        first = _token_chunk(req, tokens, next_token(tokens), replica, "prefill", handoff=True)
+        kv = [] if first.finished else [("kv", tuple(tokens))]  # the KV of every token but the first
+        return PrefillResult(first=first, kv_ref=kv, num_prompt_tokens=len(req.prompt_token_ids))
+
+    async def _decode(self, req: GenerateRequest, prefilled: PrefillResult) -> AsyncIterator[TokenChunk]:
+        replica, fault = self._call("decode", req, prefilled)
+        tokens = [*req.prompt_token_ids, *req.resume_token_ids]
+        assert prefilled.kv_ref == [("kv", tuple(tokens))], "the decode's request is not the one its KV was prefilled for"
+        tokens += prefilled.first.token_ids
+        async for chunk in _continue(req, tokens, replica, fault, "decode"):
+            yield chunk
+
+    async def _encode(self, images: list[bytes]) -> list[Any]:
+        replica, fault = self._call("encode", images)
+        if fault is not None:
+            raise fault.error(f"{replica} died")
+        return [f"embeds-of-{i}" for i in range(len(images))]
+
+
+class _Remote:
+    def __init__(self, method) -> None:
+        self.remote = method
+
+
+def _token_chunk(req: GenerateRequest, before: list[int], token: int, replica: str, stage: str, *, handoff: bool = False) -> TokenChunk:
+    num_output = len(before) + 1 - len(req.prompt_token_ids)
+    finished = num_output >= req.params.max_tokens
+    return TokenChunk(
+        req.request_id, [token], token_text(token), finished=finished, finish_reason="length" if finished else None,
+        num_prompt_tokens=len(req.prompt_token_ids), num_output_tokens=num_output, stage=stage, replica_id=replica,
+    )
+
+
+async def _continue(req: GenerateRequest, tokens: list[int], replica: str, fault: Fault | None, stage: str) -> AsyncIterator[TokenChunk]:
+    sent = 0
+    while len(tokens) - len(req.prompt_token_ids) < req.params.max_tokens:
+        if fault is not None and sent == fault.after:
+            raise fault.error(f"{replica} died after {sent} chunks")
+        await asyncio.sleep(0)
+        token = next_token(tokens)
+        chunk = _token_chunk(req, tokens, token, replica, stage)
+        tokens.append(token)
+        sent += 1
+        yield chunk
+    if fault is not None and sent == fault.after:  # dies after its last chunk
+        raise fault.error(f"{replica} died after its last chunk")
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch):
+    monkeypatch.setattr(orchestrator, "RETRY_BACKOFF_S", 0.0)
+
+
+def colocated(pool: FakePool, vision: FakePool | None = None) -> Orchestrator:
+    return Orchestrator({"s": SitePools(colocated=pool, vision=vision)})
+
+
+def disaggregated(prefill: FakePool, decode: FakePool) -> Orchestrator:
+    return Orchestrator({"s": SitePools(prefill=prefill, decode=decode)})
+
+
+async def stream(orch: Orchestrator, req: GenerateRequest | None = None, images: list[bytes] | None = None) -> list[TokenChunk]:
+    return [c async for c in orch.generate(req or request(), images or [], "s")]
+
+
+def tokens_of(chunks: list[TokenChunk]) -> list[int]:
+    return [t for c in chunks for t in c.token_ids]
+
+
+def assert_one_uninterrupted_stream(chunks: list[TokenChunk]) -> None:
+    """Exactly the undisturbed tokens and text, counted on from one to the end, ending once."""
+    expected = undisturbed()
+    assert tokens_of(chunks) == expected
+    assert "".join(c.text for c in chunks) == "".join(token_text(t) for t in expected)
+    assert [c.num_output_tokens for c in chunks] == list(range(1, MAX_TOKENS + 1))
+    assert [c.finished for c in chunks] == [False] * (len(chunks) - 1) + [True]
+
+
+# -- colocated ----------------------------------------------------------------------------------------
+async def test_an_undisturbed_colocated_stream_is_one_call():
+    pool = FakePool()
+    assert_one_uninterrupted_stream(await stream(colocated(pool)))
+    assert len(pool.calls["generate"]) == 1
+
+
+async def test_a_colocated_replica_lost_before_any_token_is_retried_plainly():
+    pool = FakePool(generate=[Fault(after=0)])
+    chunks = await stream(colocated(pool))
+    assert_one_uninterrupted_stream(chunks)
+    [(first,), (second,)] = pool.calls["generate"]
+    assert second == first and second.resume_token_ids == () and second.resume_text_chars == 0
+
+
+@pytest.mark.parametrize("k", [1, 5, MAX_TOKENS - 1])
+async def test_a_colocated_replica_lost_after_k_tokens_migrates_with_what_the_client_has(k):
+    pool = FakePool(generate=[Fault(after=k)])
+    chunks = await stream(colocated(pool))
+    assert_one_uninterrupted_stream(chunks)
+    (resumed,) = pool.calls["generate"][1]
+    streamed = undisturbed()[:k]
+    assert resumed.resume_token_ids == tuple(streamed)
+    assert resumed.resume_text_chars == sum(len(token_text(t)) for t in streamed)
+    assert resumed.prompt_token_ids == PROMPT and resumed.request_id == "r1"
+    assert {c.replica_id for c in chunks[:k]} == {"generate-replica-1"}
+    assert {c.replica_id for c in chunks[k:]} == {"generate-replica-2"}
+
+
+async def test_a_stream_survives_a_loss_after_each_bit_of_progress_beyond_max_attempts():
+    """Losses that each follow new tokens are separate rows: more than MAX_ATTEMPTS of them."""
+    pool = FakePool(generate=[Fault(after=2)] * (MAX_ATTEMPTS + 2))
+    assert_one_uninterrupted_stream(await stream(colocated(pool)))
+    carried = [len(call[0].resume_token_ids) for call in pool.calls["generate"]]
+    assert carried == [0, 2, 4, 6, 8, 10, 12][: len(carried)] and len(carried) == MAX_ATTEMPTS + 3
+
+
+async def test_a_colocated_pool_that_keeps_dying_without_progress_fails_after_max_attempts():
+    """The call lost after 3 tokens opens the row; MAX_ATTEMPTS - 1 more losses end it."""
+    pool = FakePool(generate=[Fault(after=3)] + [Fault(after=0)] * (MAX_ATTEMPTS - 1))
+    got: list[TokenChunk] = []
+    with pytest.raises(ActorDiedError):
+        async for chunk in colocated(pool).generate(request(), [], "s"):
+            got.append(chunk)
+    assert tokens_of(got) == undisturbed()[:3]  # nothing repeated, nothing invented
+    assert len(pool.calls["generate"]) == MAX_ATTEMPTS
+
+
+async def test_a_colocated_pool_lost_before_streaming_every_time_fails_after_max_attempts():
+    pool = FakePool(generate=[Fault(after=0)] * MAX_ATTEMPTS)
+    with pytest.raises(ActorDiedError):
+        await stream(colocated(pool))
+    assert len(pool.calls["generate"]) == MAX_ATTEMPTS
+
+
+async def test_an_error_that_is_not_a_lost_replica_ends_the_stream_without_a_retry():
+    pool = FakePool(generate=[Fault(after=4, error=ValueError)])
+    got: list[TokenChunk] = []
+    with pytest.raises(ValueError):
+        async for chunk in colocated(pool).generate(request(), [], "s"):
+            got.append(chunk)
+    assert len(got) == 4 and len(pool.calls["generate"]) == 1
+
+
+async def test_a_replica_lost_after_the_last_chunk_is_not_retried():
+    pool = FakePool(generate=[Fault(after=MAX_TOKENS)])
+    assert_one_uninterrupted_stream(await stream(colocated(pool)))
+    assert len(pool.calls["generate"]) == 1
+
+
+# -- disaggregated ------------------------------------------------------------------------------------
+async def test_an_undisturbed_disaggregated_stream_is_one_prefill_and_one_decode():
+    prefill, decode = FakePool(), FakePool()
+    chunks = await stream(disaggregated(prefill, decode))
+    assert_one_uninterrupted_stream(chunks)
+    assert len(prefill.calls["prefill"]) == 1 and len(decode.calls["decode"]) == 1
+    assert chunks[0].stage == "prefill" and {c.stage for c in chunks[1:]} == {"decode"}
+
+
+async def test_a_prefill_replica_lost_is_retried_on_another():
+    prefill, decode = FakePool(prefill=[Fault(after=0), Fault(after=0)]), FakePool()
+    assert_one_uninterrupted_stream(await stream(disaggregated(prefill, decode)))
+    assert len(prefill.calls["prefill"]) == 3 and all(call[0].resume_token_ids == () for call in prefill.calls["prefill"])
+
+
+async def test_a_prefill_pool_lost_every_time_fails_after_max_attempts():
+    prefill, decode = FakePool(prefill=[Fault(after=0)] * MAX_ATTEMPTS), FakePool()
+    with pytest.raises(ActorDiedError):
+        await stream(disaggregated(prefill, decode))
+    assert len(prefill.calls["prefill"]) == MAX_ATTEMPTS and "decode" not in decode.calls
+
+
+async def test_a_decode_replica_lost_before_streaming_is_retried_from_the_same_kv():
+    prefill, decode = FakePool(), FakePool(decode=[Fault(after=0)])
+    chunks = await stream(disaggregated(prefill, decode))
+    assert_one_uninterrupted_stream(chunks)
+    assert len(prefill.calls["prefill"]) == 1
+    (req1, kv1), (req2, kv2) = decode.calls["decode"]
+    assert kv2 is kv1 and req2 is req1 and req1.resume_token_ids == ()
+
+
+@pytest.mark.parametrize("k", [1, 6, MAX_TOKENS - 3])
+async def test_a_decode_replica_lost_after_streaming_migrates_by_prefilling_the_resumed_request(k):
+    prefill, decode = FakePool(), FakePool(decode=[Fault(after=k)])
+    chunks = await stream(disaggregated(prefill, decode))
+    assert_one_uninterrupted_stream(chunks)
+    streamed = undisturbed()[: 1 + k]  # the prefill's first token and k decoded
+    [(first,), (again,)] = prefill.calls["prefill"]
+    assert first.resume_token_ids == ()
+    assert again.resume_token_ids == tuple(streamed)
+    assert again.resume_text_chars == sum(len(token_text(t)) for t in streamed)
+    (_, _), (req2, kv2) = decode.calls["decode"]
+    assert req2 == again and kv2.first.token_ids == [undisturbed()[1 + k]]
+    # The client's stream: prefill, decode on one replica, the re-prefill's token, decode on another.
+    assert [c.stage for c in chunks] == ["prefill"] + ["decode"] * k + ["prefill"] + ["decode"] * (MAX_TOKENS - k - 2)
+    assert {c.replica_id for c in chunks[1 : 1 + k]} == {"decode-replica-1"}
+    assert {c.replica_id for c in chunks[2 + k :]} == {"decode-replica-2"}
+
+
+async def test_a_decode_lost_one_token_before_the_end_is_finished_by_the_prefill_alone():
+    k = MAX_TOKENS - 2
+    prefill, decode = FakePool(), FakePool(decode=[Fault(after=k)])
+    chunks = await stream(disaggregated(prefill, decode))
+    assert_one_uninterrupted_stream(chunks)
+    assert len(prefill.calls["prefill"]) == 2 and len(decode.calls["decode"]) == 1
+    assert chunks[-1].stage == "prefill" and chunks[-1].finish_reason == "length"
+
+
+async def test_a_decode_lost_again_after_a_migration_migrates_again():
+    prefill, decode = FakePool(), FakePool(decode=[Fault(after=3), Fault(after=0), Fault(after=2)])
+    assert_one_uninterrupted_stream(await stream(disaggregated(prefill, decode)))
+    carried = [len(call[0].resume_token_ids) for call in prefill.calls["prefill"]]
+    # 1 + 3 streamed; the re-prefill's token, then a decode lost before streaming (same KV),
+    # then 2 more before the next loss: 1 + 3 + 1 + 2.
+    assert carried == [0, 4, 7]
+    assert decode.calls["decode"][2][1] is decode.calls["decode"][1][1]
+
+
+async def test_a_decode_whose_kv_is_gone_with_its_prefill_replica_is_prefilled_again():
+    prefill, decode = FakePool(), FakePool(decode=[Fault(after=0, error=OwnerDiedError)])
+    assert_one_uninterrupted_stream(await stream(disaggregated(prefill, decode)))
+    [(first,), (again,)] = prefill.calls["prefill"]
+    assert again.resume_token_ids == (undisturbed()[0],)
+
+
+async def test_a_decode_error_that_is_not_a_lost_replica_ends_the_stream_without_a_retry():
+    prefill, decode = FakePool(), FakePool(decode=[Fault(after=2, error=RuntimeError)])
+    got: list[TokenChunk] = []
+    with pytest.raises(RuntimeError):
+        async for chunk in disaggregated(prefill, decode).generate(request(), [], "s"):
+            got.append(chunk)
+    assert len(got) == 3 and len(prefill.calls["prefill"]) == 1 and len(decode.calls["decode"]) == 1
+
+
+async def test_a_request_the_prefill_finishes_never_reaches_decode():
+    prefill, decode = FakePool(), FakePool()
+    chunks = await stream(disaggregated(prefill, decode), request(max_tokens=1))
+    assert tokens_of(chunks) == undisturbed(max_tokens=1) and chunks[-1].finished
+    assert "decode" not in decode.calls
+
+
+# -- vision -------------------------------------------------------------------------------------------
+async def test_a_vision_replica_lost_is_retried_and_the_request_then_streams():
+    vision, pool = FakePool(encode=[Fault(after=0)]), FakePool()
+    req = request(images=(ImageInput(offset=0, length=2, content_hash="h"),))
+    chunks = await stream(colocated(pool, vision), req, images=[b"png"])
+    assert_one_uninterrupted_stream(chunks)
+    assert len(vision.calls["encode"]) == 2
+    (sent,) = pool.calls["generate"][0]
+    assert sent.images == (dataclasses.replace(req.images[0], embeds_ref="embeds-of-0"),)
+
+
+async def test_a_vision_pool_lost_every_time_fails_after_max_attempts():
+    vision, pool = FakePool(encode=[Fault(after=0)] * MAX_ATTEMPTS), FakePool()
+    req = request(images=(ImageInput(offset=0, length=2, content_hash="h"),))
+    with pytest.raises(ActorDiedError):
+        await stream(colocated(pool, vision), req, images=[b"png"])
+    assert "generate" not in pool.calls
