@@ -12,17 +12,27 @@ from controller.logs import configure
 
 @pytest.fixture
 def restore_logging():
+    """Root handlers, and Ray's loggers as a fresh process has them: once Ray has started in
+    this process (other tests), its loggers carry handlers of their own and do not propagate."""
     root = logging.getLogger()
-    saved = (list(root.handlers), root.level, {n: logging.getLogger(n).level for n in ("ray", "ray.serve")})
+    names = ("ray", "ray.serve")
+    saved_root = (list(root.handlers), root.level)
+    saved = {n: (logging.getLogger(n).level, logging.getLogger(n).propagate, list(logging.getLogger(n).handlers)) for n in names}
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.propagate, logger.handlers = True, []
+        logger.setLevel(logging.NOTSET)
     yield
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    for handler in saved[0]:
+    for handler in saved_root[0]:
         root.addHandler(handler)
-    root.setLevel(saved[1])
-    for name, level in saved[2].items():
-        logging.getLogger(name).setLevel(level)
+    root.setLevel(saved_root[1])
+    for name, (level, propagate, handlers) in saved.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.propagate, logger.handlers = propagate, handlers
 
 
 def _emit() -> None:
