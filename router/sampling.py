@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from router.errors import invalid_request
 from router.protocol import ChatCompletionRequest, CompletionRequest
-from workers.engine.sampling import MIN_SAMPLING_TEMPERATURE, MIN_TOP_P, SamplingParams
+from workers.engine.sampling import MIN_SAMPLING_TEMPERATURE, MIN_TOP_P, REPETITION_PENALTY_RANGE, SamplingParams
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 MAX_TEMPERATURE = 2.0  # OpenAI's range is [0, 2]
@@ -20,9 +20,6 @@ MAX_PENALTY = 2.0  # presence and frequency penalties: OpenAI's [-2, 2]
 MAX_LOGIT_BIAS = 100.0  # OpenAI's [-100, 100]
 # OpenAI allows 20 alternatives in chat and 5 in completions; Pavana allows 20 in both, as vLLM.
 MAX_LOGPROBS = 20
-# A repetition penalty divides positive logits and multiplies negative ones: beyond these
-# bounds a logit overflows float32 and the draw fails, for the whole batch (1e-40 did).
-REPETITION_PENALTY_RANGE = (0.01, 100.0)
 MAX_STOP_TOKEN_IDS = 256  # bounds the engine's per-token check; far above any real use
 SEED_RANGE = (-(2**63), 2**64)  # what fits in 64 bits, signed or not
 

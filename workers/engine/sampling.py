@@ -17,6 +17,9 @@ MIN_TOP_P = 1e-6
 # OpenAI's bounds: penalties in [-2, 2], a logit bias in [-100, 100], at most 20 logprobs.
 MAX_PENALTY = 2.0
 MAX_LOGIT_BIAS = 100.0
+# A repetition penalty divides positive logits and multiplies negative ones: beyond these
+# bounds a logit overflows float32 and the draw fails, for the whole batch (1e-40 did).
+REPETITION_PENALTY_RANGE = (0.01, 100.0)
 MAX_LOGPROBS = 20
 
 
@@ -110,8 +113,9 @@ class SamplingParams:
             value = getattr(self, name)
             if not _is_real(value) or not -MAX_PENALTY <= value <= MAX_PENALTY:
                 raise ValueError(f"{name}: must be in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}], got {value!r}")
-        if not _is_real(self.repetition_penalty) or self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty: must be > 0 (1 disables it), got {self.repetition_penalty!r}")
+        low, high = REPETITION_PENALTY_RANGE
+        if not _is_real(self.repetition_penalty) or not low <= self.repetition_penalty <= high:
+            raise ValueError(f"repetition_penalty: must be in [{low:g}, {high:g}] (1 disables it), got {self.repetition_penalty!r}")
         if not _is_real(self.min_p) or not 0.0 <= self.min_p <= 1.0:
             raise ValueError(f"min_p: must be in [0, 1], got {self.min_p!r}")
         if not _is_int(self.min_tokens) or self.min_tokens < 0:

@@ -30,6 +30,8 @@ def test_logit_bias_from_a_dict_with_string_keys_becomes_sorted_pairs():
         (dict(frequency_penalty=-2.01), "frequency_penalty"),
         (dict(repetition_penalty=0.0), "repetition_penalty"),
         (dict(repetition_penalty=-1.0), "repetition_penalty"),
+        (dict(repetition_penalty=1e-40), "repetition_penalty"),  # overflowed the logits: NaN for the whole batch
+        (dict(repetition_penalty=1e6), "repetition_penalty"),
         (dict(min_p=1.5), "min_p"),
         (dict(min_p=-0.1), "min_p"),
         (dict(min_tokens=-1), "min_tokens"),
