@@ -55,7 +55,7 @@ def test_out_of_range_values_name_their_field(kwargs, field):
 
 def test_the_edges_of_every_range_are_accepted():
     p = SamplingParams(
-        presence_penalty=-2, frequency_penalty=2, repetition_penalty=1e-3, min_p=1.0, min_tokens=16, max_tokens=16,
+        presence_penalty=-2, frequency_penalty=2, repetition_penalty=0.01, min_p=1.0, min_tokens=16, max_tokens=16,
         logit_bias={0: -100, 1: 100}, logprobs=20, prompt_logprobs=0,
     )
     assert p.logprobs == 20 and p.prompt_logprobs == 0 and p.min_tokens == p.max_tokens
