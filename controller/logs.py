@@ -49,6 +49,9 @@ def configure(log_file: Path, *, verbose: bool) -> Path:
     terminal.setFormatter(logging.Formatter(FORMAT))
     if not verbose:
         terminal.addFilter(TerminalFilter())
+        # Importing Ray Serve sets its logger to INFO: import it first, then quiet it.
+        import ray.serve  # noqa: F401
+
         for name in THIRD_PARTY_QUIET:
             logging.getLogger(name).setLevel(logging.WARNING)
     root.addHandler(terminal)

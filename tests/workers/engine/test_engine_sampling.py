@@ -13,6 +13,7 @@ from workers.engine.config import EngineConfig
 from workers.engine.default_model import ensure_default_model
 from workers.engine.llm_engine import LLMEngine
 from workers.engine.sampling import SamplingParams
+from tests.workers.engine.engine_runs import run, tokens_of
 
 EOS = 2
 
@@ -36,20 +37,6 @@ def prompt(n: int, seed: int = 0) -> list[int]:
 def hf_logits(model, ids: list[int]) -> torch.Tensor:
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].float()
-
-
-def run(engine: LLMEngine, requests: dict[str, tuple[list[int], SamplingParams]]):
-    for rid, (p, params) in requests.items():
-        engine.add_request(rid, p, params)
-    outs = {rid: [] for rid in requests}
-    while engine.has_unfinished():
-        for out in engine.step():
-            outs[out.request_id].append(out)
-    return outs
-
-
-def tokens_of(outs) -> list[int]:
-    return [t for o in outs for t in o.new_token_ids]
 
 
 # -- penalties and bias ---------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from workers.engine.config import EngineConfig
 from workers.engine.default_model import ensure_default_model
 from workers.engine.llm_engine import LLMEngine
 from workers.engine.sampling import SamplingParams
+from tests.workers.engine.engine_runs import run, tokens_of
 
 SCHEMA = {
     "type": "object",
@@ -58,20 +59,6 @@ def sampled(seed: int | None, **kwargs) -> SamplingParams:
     if seed is not None:
         base.update(temperature=1.0, seed=seed)
     return SamplingParams(**{**base, **kwargs})
-
-
-def run(engine: LLMEngine, requests: dict[str, tuple[list[int], SamplingParams]]):
-    for rid, (p, params) in requests.items():
-        engine.add_request(rid, p, params)
-    outs = {rid: [] for rid in requests}
-    while engine.has_unfinished():
-        for out in engine.step():
-            outs[out.request_id].append(out)
-    return outs
-
-
-def tokens_of(outs) -> list[int]:
-    return [t for o in outs for t in o.new_token_ids]
 
 
 def text_of(outs) -> str:
