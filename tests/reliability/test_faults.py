@@ -1,8 +1,9 @@
 """Faults survived, on the real local Ray cluster with real traffic over HTTP and the real Redis.
 
-- A decode replica killed mid-run: streams in flight end (completed, or with an error event,
-  never hanging), requests sent as it dies are retried on the other replica and succeed, and
-  the pool returns to its size.
+- A decode replica killed mid-run: every stream in flight completes (those it was serving
+  migrate to the other replica: `tests/reliability/test_migration.py` checks that one stream
+  exactly), requests sent as it dies are retried on the other replica and succeed, and the
+  pool returns to its size.
 - The vision pool down (it cannot be placed): text requests are unaffected, image requests
   get 503 with a clear message.
 - The controller actor killed: serving goes on, Ray restarts it, and it takes up the plan
@@ -108,7 +109,7 @@ async def all_kv_free(spec: ClusterSpec, timeout_s: float = 30.0) -> list:
         await store.close()
 
 
-async def test_a_decode_replica_killed_mid_run_loses_no_request_that_had_not_streamed(cluster):
+async def test_a_decode_replica_killed_mid_run_loses_no_request_and_no_stream(cluster):
     import ray
 
     spec, base = cluster
@@ -126,9 +127,7 @@ async def test_a_decode_replica_killed_mid_run_loses_no_request_that_had_not_str
     assert [r.status_code for r in after] == [200] * 8, [r.text for r in after if r.status_code != 200]
     for r in results:
         assert r["status"] == 200 and r["done"], r  # every stream ended: no hang
-        assert r["error"] is not None or r["usage_tokens"] == 64, r  # complete, or an error event
-        if r["error"] is not None:
-            assert r["tokens"] >= 1  # only streams that had begun may end in an error
+        assert r["error"] is None and r["usage_tokens"] == 64, r  # and completed, migrated or not
     for _ in range(120):  # Serve replaces the dead replica: the pool returns to its size
         if running("decode-local") == 2 and victim not in replica_actors("decode-local"):
             break
