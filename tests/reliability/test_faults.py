@@ -205,6 +205,7 @@ def vision_down(ray_cluster):
 
 
 APP_NO_VISION = "faults-no-vision"
+TEXT_POOLS_UP_S = 300.0
 PREFIX_NO_VISION = "/faults-no-vision"
 
 
@@ -212,12 +213,16 @@ async def test_the_vision_pool_down_fails_only_image_requests_with_503(vision_do
     spec, base = vision_down
     text = {"model": spec.model.name, "prompt": "Text only", "max_tokens": 4}
     async with http(base) as client:
-        for _ in range(240):  # the text pools come up; the vision pool never does
+        # The text pools come up (the vision pool never does): wait for it, however long a busy
+        # machine takes, within a generous bound.
+        deadline = time.monotonic() + TEXT_POOLS_UP_S
+        while True:
             try:
                 if (await client.post("/completions", json=text)).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
+            assert time.monotonic() < deadline, f"the text pools did not serve within {TEXT_POOLS_UP_S:.0f} s"
             await asyncio.sleep(0.5)
         text_during = asyncio.gather(*(client.post("/completions", json=text) for _ in range(4)))
         refused = await client.post("/chat/completions", json=image_request(spec.model.name))
