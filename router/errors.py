@@ -95,6 +95,16 @@ def from_validation_errors(errors: list[dict[str, Any]]) -> APIError:
     return invalid_request("; ".join(lines.values()), param=param)
 
 
+def validated(model: type, data: bytes | dict[str, Any]) -> Any:
+    """A request body (JSON bytes or a dict) as `model`, or the 400 that names what is wrong."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate_json(data) if isinstance(data, bytes) else model.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_errors(list(exc.errors())) from None
+
+
 def _unknown_field_reason(path: list[Any]) -> str:
     """Why a field the request models do not declare is refused: OpenAI's fields that Pavana
     does not implement say so; anything else is unknown (misspelt, or another server's)."""

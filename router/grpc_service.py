@@ -19,10 +19,9 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
-from pydantic import BaseModel, ValidationError
 
 from router.admission import QOS_HEADER
-from router.errors import APIError, from_validation_errors, invalid_request
+from router.errors import APIError, invalid_request, validated
 from router.formats import ChatFormat, CompletionFormat, format_for
 from router.grpc_errors import set_grpc_error, stream_failure_details
 from router.grpc_messages import CHAT, Answer, openai_body
@@ -35,13 +34,6 @@ from workers.requests import TokenChunk
 
 GRPC_SERVICE = "pavana.v1.Pavana"
 HEALTH_WATCH_PERIOD_S = 5.0
-
-
-def _validated(model: type[BaseModel], data: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise from_validation_errors(list(exc.errors())) from None
 
 
 def _refuse_malformed(request: Any) -> None:
@@ -112,10 +104,10 @@ class GRPCMethods:
         check_grpc_message(request.ByteSize())
         endpoint, fields = openai_body(request, self.facts.name)
         if endpoint == CHAT:
-            body = _validated(ChatCompletionRequest, fields)
+            body = validated(ChatCompletionRequest, fields)
             prepared = self.prompts.chat(body, f"chatcmpl-{uuid.uuid4().hex}")
         else:
-            body = _validated(CompletionRequest, fields)
+            body = validated(CompletionRequest, fields)
             prepared = self.prompts.completion(body, f"cmpl-{uuid.uuid4().hex}")
         prepared = self._classed(prepared, qos_class)
         fmt = format_for(ChatFormat if endpoint == CHAT else CompletionFormat, prepared, body.model, self.texts)

@@ -29,7 +29,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -45,6 +45,7 @@ from router.errors import (
     ErrorResponse,
     error_body,
     from_validation_errors,
+    validated,
     invalid_request,
     to_error_response,
 )
@@ -95,13 +96,6 @@ async def _on_request_validation_error(_: Request, exc: RequestValidationError) 
 async def _on_http_exception(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     kind = NOT_FOUND if exc.status_code == 404 else INVALID_REQUEST
     return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code, headers=getattr(exc, "headers", None))
-
-
-def _validated(model: type[BaseModel], data: bytes | dict[str, Any]) -> Any:
-    try:
-        return model.model_validate_json(data) if isinstance(data, bytes) else model.model_validate(data)
-    except ValidationError as exc:
-        raise from_validation_errors(list(exc.errors())) from None
 
 
 def _load_object(path: str) -> Any:
@@ -282,7 +276,7 @@ class Ingress(GRPCMethods):
     async def tokenize(self, request: Request) -> Response:
         try:
             self.keys.check_http(request.headers.get("authorization"))
-            body = _validated(TokenizeRequest, await request.body())
+            body = validated(TokenizeRequest, await request.body())
             tokens = await asyncio.to_thread(self.prompts.tokenize, body)
         except Exception as exc:
             return _json_error(to_error_response(exc))
@@ -293,7 +287,7 @@ class Ingress(GRPCMethods):
     async def detokenize(self, request: Request) -> Response:
         try:
             self.keys.check_http(request.headers.get("authorization"))
-            body = _validated(DetokenizeRequest, await request.body())
+            body = validated(DetokenizeRequest, await request.body())
             if body.model is not None:
                 self.prompts.check_model(body.model)
             text = self.prompts.detokenize(body.tokens)
@@ -313,7 +307,7 @@ class Ingress(GRPCMethods):
         try:
             key = self.keys.check_http(request.headers.get("authorization"))
             qos_class = self._qos_class(request.headers.get(QOS_HEADER), key)
-            body = _validated(body_type, await request.body())
+            body = validated(body_type, await request.body())
             # In a thread: compiling a large JSON schema or tokenizing a long prompt takes up to
             # seconds, which would stall every stream this replica serves.
             prepared = self._classed(await asyncio.to_thread(prepare, body, f"{id_prefix}-{uuid.uuid4().hex}"), qos_class)
