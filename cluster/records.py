@@ -124,6 +124,28 @@ class RequestRecord:
         return tuple(self.pool_path.split(">")) if self.pool_path else ()
 
 
+# An engine's exported metrics above this size are refused: a scrape must stay cheap.
+MAX_ENGINE_METRICS_CHARS = 512 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class EngineMetrics:
+    """An engine's own Prometheus metrics (vLLM's `vllm:*`), in the text format, as one replica
+    exported them; the ingress's `/metrics` serves them beside Pavana's, labelled by replica."""
+
+    pool: str
+    site: str
+    replica_id: str
+    text: str
+    timestamp_s: float
+
+    __pydantic_config__ = _STRICT_FIELDS
+
+    def __post_init__(self) -> None:
+        if len(self.text) > MAX_ENGINE_METRICS_CHARS:
+            raise RecordError(f"engine_metrics.text: {len(self.text)} characters, the limit is {MAX_ENGINE_METRICS_CHARS}")
+
+
 @dataclass(frozen=True, slots=True)
 class SitePower:
     """Power a site can draw now (Heron): from a meter, a trace replayer or a constant."""
@@ -239,8 +261,8 @@ class TelemetrySnapshot:
         return tuple(h for h in self.heartbeats if h.pool == pool and h.site == site)
 
 
-WireRecord = ReplicaHeartbeat | RequestRecord | SitePower | Decision | Plan | RoutingPlan
-R = TypeVar("R", ReplicaHeartbeat, RequestRecord, SitePower, Decision, Plan, RoutingPlan)
+WireRecord = ReplicaHeartbeat | RequestRecord | SitePower | Decision | Plan | RoutingPlan | EngineMetrics
+R = TypeVar("R", ReplicaHeartbeat, RequestRecord, SitePower, Decision, Plan, RoutingPlan, EngineMetrics)
 
 RECORD_TYPES: dict[str, type] = {
     "heartbeat": ReplicaHeartbeat,
@@ -249,6 +271,7 @@ RECORD_TYPES: dict[str, type] = {
     "decision": Decision,
     "plan": Plan,
     "routing": RoutingPlan,
+    "engine_metrics": EngineMetrics,
 }
 _NAMES = {cls: name for name, cls in RECORD_TYPES.items()}
 

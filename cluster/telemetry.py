@@ -8,6 +8,8 @@ Layout under a configurable prefix `P` (so tests and clusters never collide):
     P power                        hash, site -> JSON SitePower
     P plan                         string, JSON Plan
     P routing                      string, JSON RoutingPlan (the power planner's shares and modes)
+    P engine-metrics:<pool>@<site>:<replica>  string, JSON EngineMetrics (an engine's own
+                                   Prometheus metrics, e.g. vLLM's), with the heartbeat's TTL
 
 `pavana up` scopes every record to its run: it serves under `P run:<run id>:` and points
 `P current-run` (JSON {run_id, started_s}) at that run, so `pavana status` and the dashboard
@@ -38,6 +40,7 @@ from redis.backoff import NoBackoff
 
 from cluster.records import (
     Decision,
+    EngineMetrics,
     Plan,
     RecordError,
     RoutingPlan,
@@ -124,6 +127,9 @@ class TelemetryStore:
     # -- keys -----------------------------------------------------------------------------------
     def heartbeat_key(self, hb: ReplicaHeartbeat) -> str:
         return self.replica_key(hb.pool, hb.site, hb.replica_id)
+
+    def engine_metrics_key(self, record: EngineMetrics) -> str:
+        return f"{self.prefix}engine-metrics:{pool_key(record.pool, record.site)}:{record.replica_id}"
 
     def replica_key(self, pool: str, site: str, replica_id: str) -> str:
         """Where a replica's heartbeat lives."""
@@ -219,6 +225,9 @@ class TelemetryStore:
             case ReplicaHeartbeat():
                 key, ttl_ms = self.heartbeat_key(record), max(1, int(self.heartbeat_ttl_s * 1000))
                 return lambda p: p.set(key, payload, px=ttl_ms)
+            case EngineMetrics():
+                key, ttl_ms = self.engine_metrics_key(record), max(1, int(self.heartbeat_ttl_s * 1000))
+                return lambda p: p.set(key, payload, px=ttl_ms)
             case RequestRecord():
                 n = self.request_stream_maxlen
                 return lambda p: p.xadd(self.requests_key, {"json": payload}, maxlen=n, approximate=trim)
@@ -280,6 +289,16 @@ class TelemetryStore:
             return sorted([key async for key in client.scan_iter(match=pattern, count=1000)])
 
         return await self._run(scan)
+
+    async def engine_metrics(self) -> list[EngineMetrics]:
+        """The engine metrics of every live replica that exports any (a silent one's expire)."""
+        pattern = self.prefix.translate(_GLOB_SPECIAL) + "engine-metrics:*"
+
+        async def read(client: Redis) -> list[str]:
+            keys = sorted([key async for key in client.scan_iter(match=pattern, count=1000)])
+            return [p for p in (await client.mget(keys) if keys else []) if p is not None]
+
+        return self._decode(await self._run(read))
 
     async def read_routing(self) -> RoutingPlan | None:
         payload = await self._run(lambda c: c.get(self.routing_key))
@@ -389,6 +408,8 @@ class TelemetryPublisher:
         match record:
             case ReplicaHeartbeat():
                 self._latest[("hb", record.pool, record.site, record.replica_id)] = record
+            case EngineMetrics():
+                self._latest[("engine-metrics", record.pool, record.site, record.replica_id)] = record
             case SitePower():
                 self._latest[("power", record.site)] = record
             case Plan():

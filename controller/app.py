@@ -42,12 +42,9 @@ _REQUEST_ROUTERS = {
 SITE_RESOURCE_PER_REPLICA = 0.001
 
 
-def replica_class(stage: str, spec: ClusterSpec) -> type:
-    """Pavana's engine, or vLLM's on GPU nodes (`engine.backend: vllm`; vision stays Pavana's)."""
-    if spec.engine.backend == "vllm" and stage != "vision":
-        from workers.backends.vllm import REPLICA_CLASSES
-
-        return REPLICA_CLASSES[stage]
+def replica_class(stage: str) -> type:
+    """The replica class of a pool; which engine runs inside (`engine.backend`: Pavana's or, on
+    GPU nodes, vLLM's) is the replica's argument, not another class. Vision is always Pavana's."""
     return _REPLICA_CLASSES[stage]
 
 
@@ -122,12 +119,20 @@ def _pool_deployment(stage: str, pool: PoolSpec, site: SiteSpec, spec: ClusterSp
             request_router_kwargs={"block_size": spec.engine.block_size},
             request_routing_stats_period_s=0.5,
         )
-    deployment = serve.deployment(replica_class(stage, spec)).options(**options)
-    # Replicas write the bundled model themselves, on their own node, when the path is None.
+    deployment = serve.deployment(replica_class(stage)).options(**options)
+    args, kwargs = replica_arguments(stage, site, spec)
+    return deployment.bind(*args, **kwargs)
+
+
+def replica_arguments(stage: str, site: SiteSpec, spec: ClusterSpec) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """What each replica of `stage` at `site` is constructed with. Replicas write the bundled
+    model themselves, on their own node, when the path is None."""
     model_path, bundled = spec.model.path, spec.model.bundled
     if stage == "vision":
-        return deployment.bind(model_path, stage, site.name, telemetry_settings(spec, site), bundled=bundled)
-    return deployment.bind(model_path, engine_settings(spec), stage, site.name, telemetry_settings(spec, site), bundled=bundled)
+        return (model_path, stage, site.name, telemetry_settings(spec, site)), {"bundled": bundled}
+    return (model_path, engine_settings(spec), stage, site.name, telemetry_settings(spec, site)), {
+        "bundled": bundled, "backend": spec.engine.backend,
+    }
 
 
 def build_app(spec: ClusterSpec, *, use_site_resources: bool = True) -> serve.Application:

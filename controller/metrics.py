@@ -21,9 +21,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cluster.records import Plan, RequestRecord, TelemetrySnapshot
+from cluster.records import EngineMetrics, Plan, RequestRecord, TelemetrySnapshot
 from cluster.spec import ClusterSpec
 from controller.dashboard.state import class_rows, pool_rows, site_rows
+from controller.engine_metrics import Families, engine_families
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -136,15 +137,18 @@ class RequestMetrics:
         for gap in token_gaps_s:
             tbt.observe(gap)
 
-    def exposition(self, snapshot: TelemetrySnapshot, plan: Plan | None, now_s: float) -> bytes:
-        """The text format for a scrape, with the gauges of this snapshot and plan. Setting the
-        view and collecting run without an await between them, so concurrent scrapes on the
-        ingress's event loop cannot see each other's view."""
+    def exposition(
+        self, snapshot: TelemetrySnapshot, plan: Plan | None, now_s: float, engines: Iterable[EngineMetrics] = ()
+    ) -> bytes:
+        """The text format for a scrape, with the gauges of this snapshot and plan, then the
+        engines' own metrics. Setting the view and collecting run without an await between
+        them, so concurrent scrapes on the ingress's event loop cannot see each other's view."""
         self._telemetry.view = (snapshot, plan, now_s)
         try:
-            return generate_latest(self._exposed)
+            ours = generate_latest(self._exposed)
         finally:
             self._telemetry.view = None
+        return ours + generate_latest(Families(engine_families(engines)))
 
 
 __all__ = ["CONTENT_TYPE", "RequestMetrics", "telemetry_families"]

@@ -34,7 +34,7 @@ class ReplicaLoad:
 
     @classmethod
     def from_stats(cls, replica_id: str, stats: Mapping[str, Any] | None) -> ReplicaLoad:
-        """From the dict that `EngineReplica.record_routing_stats` returns (missing or
+        """From the dict that `LLMReplica.record_routing_stats` returns (missing or
         malformed keys become unknown)."""
         stats = stats or {}
         hashes = stats.get("prefix_hashes") or ()

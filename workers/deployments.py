@@ -1,7 +1,8 @@
 """The Ray Serve deployments of the pools: vision encoder, prefill, decode and colocated.
 
-Each replica owns one engine (or one vision encoder) and serves many requests at once: the
-engine's stepping loop batches whatever is in flight. Large payloads — image embeddings and
+Each LLM replica owns one engine behind the backend contract (`workers/backends/contract.py`:
+Pavana's engine or vLLM's) and serves many requests at once: the engine's stepping loop batches
+whatever is in flight. A vision replica owns one encoder. Large payloads — image embeddings and
 KV caches — go into Ray's object store here and travel as ObjectRefs, so the router passes
 references and never the tensors.
 
@@ -19,12 +20,10 @@ from typing import Any
 
 import ray
 
-from workers.engine.async_engine import AsyncEngine
+from cluster.power_modes import Mode
+from workers.backends.contract import BackendStats, Prefilled, make_backend
 from workers.engine.bundled import model_dir
 from workers.engine.default_model import DEFAULT_MODEL_NAME
-from workers.engine.config import EngineConfig
-from workers.engine.llm_engine import LLMEngine
-from workers.engine.outputs import KVHandoff, RequestOutput
 from workers.engine.sequence import MultimodalSpan
 from workers.heartbeat import Heartbeat, TelemetrySettings
 from workers.requests import GenerateRequest, ImageInput, PrefillResult, TokenChunk
@@ -76,74 +75,54 @@ def _replica_id() -> str:
         return "local"
 
 
-def _start_heartbeat(telemetry: dict[str, Any] | None, pool: str, stage: str, site: str, stats, on_mode=None) -> Heartbeat | None:
+def _start_heartbeat(
+    telemetry: dict[str, Any] | None, pool: str, stage: str, site: str, stats, on_mode=None, engine_metrics=None
+) -> Heartbeat | None:
     """Publish this replica's load to Redis every second and follow the planned power mode
     (`None`: telemetry is off)."""
     if not telemetry:
         return None
     settings = TelemetrySettings(**{**telemetry, "power_modes": tuple(tuple(m) for m in telemetry.get("power_modes", ()))})
-    heartbeat = Heartbeat(settings, pool=pool, stage=stage, site=site, replica_id=_replica_id(), stats=stats, on_mode=on_mode)
+    heartbeat = Heartbeat(
+        settings, pool=pool, stage=stage, site=site, replica_id=_replica_id(), stats=stats, on_mode=on_mode, engine_metrics=engine_metrics
+    )
     heartbeat.start()
     return heartbeat
 
 
-def _chunk(out: RequestOutput, stage: str, replica_id: str = "") -> TokenChunk:
-    return TokenChunk(
-        request_id=out.request_id,
-        token_ids=list(out.new_token_ids),
-        text=out.new_text,
-        finished=out.finished and out.handoff is None,
-        finish_reason=out.finish_reason,
-        num_prompt_tokens=out.num_prompt_tokens,
-        num_output_tokens=out.num_output_tokens,
-        stage=stage,
-        logprobs=tuple(out.logprobs),
-        prompt_logprobs=tuple(out.prompt_logprobs),
-        replica_id=replica_id,
-    )
+class LLMReplica:
+    """What every LLM pool replica is, whatever engine runs inside: a backend
+    (`workers/backends/contract.py`) and everything around it that the control loop needs —
+    heartbeats into Redis, routing stats for the request routers, the planner's power mode,
+    the engine's own metrics, hand-offs through Ray's object store and health checks. Owning
+    these here, not in the backends, gives every backend all of them by construction."""
 
-
-class EngineReplica:
-    """What every LLM pool replica shares: an engine, its loop and its routing stats."""
-
-    mode = "colocated"
     stage = "colocated"
 
     async def __init__(
         self, model_path: str | None, engine_config: dict[str, Any], pool: str, site: str, telemetry: dict[str, Any] | None = None,
-        bundled: str = DEFAULT_MODEL_NAME,
+        bundled: str = DEFAULT_MODEL_NAME, backend: str = "pavana",
     ) -> None:
-        config = EngineConfig(**{**engine_config, "mode": self.mode})
-        self.engine = LLMEngine(model_dir(model_path, bundled), config)
-        self.async_engine = AsyncEngine(self.engine)
         self.pool = pool
         self.site = site
         self.replica_id = _replica_id()
+        self.backend = make_backend(
+            backend, model_path=model_path, bundled=bundled, engine_config=engine_config, stage=self.stage, replica_id=self.replica_id
+        )
+        self.power = self.backend.power_control()
+        # A mode this hardware cannot enact refuses the replica now, not silently later.
+        self.power.check(power_modes(telemetry))
         self.held = HeldRefs()  # KV hand-offs this replica has produced
         self.heartbeat = _start_heartbeat(
-            telemetry, pool, self.stage, site, self.record_routing_stats,
-            on_mode=lambda mode: self.async_engine.set_throughput_fraction(mode.throughput_fraction),
+            telemetry, pool, self.stage, site, self.record_routing_stats, on_mode=self.power.apply,
+            engine_metrics=self.backend.metrics_text,
         )
-        log.info("%s replica up at site %s: %s", self.stage, site, self.engine.model_path)
+        log.info("%s replica up at site %s on the %s backend", self.stage, site, self.backend.name)
 
     def record_routing_stats(self) -> dict[str, Any]:
-        """Called by Ray Serve for request routers (`router/replica_router.py`)."""
-        stats = self.async_engine.stats()
-        hashes = sorted(stats.prefix_hashes)[:MAX_ADVERTISED_PREFIX_HASHES]
-        return {
-            "pool": self.pool,
-            "site": self.site,
-            "running": stats.running,
-            "waiting": stats.waiting,
-            "queued_prefill_tokens": stats.queued_prefill_tokens,
-            "free_kv_blocks": stats.free_kv_blocks,
-            "total_kv_blocks": stats.total_kv_blocks,
-            "tokens_per_s": stats.tokens_per_s,
-            "busy_fraction": stats.busy_fraction,
-            "prefill_tokens_per_busy_s": stats.prefill_tokens_per_busy_s,
-            "decode_tokens_per_busy_s": stats.decode_tokens_per_busy_s,
-            "prefix_hashes": hashes,
-        }
+        """Called by Ray Serve for request routers (`router/replica_router.py`) and by the
+        heartbeat."""
+        return routing_stats(self.backend.stats(), self.pool, self.site)
 
     async def stats(self) -> dict[str, Any]:
         return self.record_routing_stats()
@@ -153,72 +132,73 @@ class EngineReplica:
         await self.held.drain()
         if self.heartbeat is not None:
             await self.heartbeat.stop()
+        await self.backend.shutdown()
 
     async def check_health(self) -> None:
-        if self.async_engine._dead is not None:
-            raise RuntimeError(f"engine loop failed: {self.async_engine._dead!r}")
+        await self.backend.check_health()
 
     @staticmethod
     async def _image_spans(images: tuple[ImageInput, ...]) -> list[MultimodalSpan]:
         embeds = await asyncio.gather(*(img.embeds_ref for img in images)) if images else []
         return [MultimodalSpan(img.offset, img.length, img.content_hash, e) for img, e in zip(images, embeds)]
 
-    async def _generate(self, request: GenerateRequest) -> AsyncIterator[RequestOutput]:
-        spans = await self._image_spans(request.images)
-        async for out in self.async_engine.generate(
-            request.request_id, request.prompt_token_ids, request.params, spans, priority=request.priority, deadline_s=request.deadline_s,
-            resume_token_ids=request.resume_token_ids, resume_text_chars=request.resume_text_chars,
-        ):
-            yield out
 
-
-class ColocatedReplica(EngineReplica):
+class ColocatedReplica(LLMReplica):
     """Prefill and decode in one replica, Sarathi-Serve style."""
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenChunk]:
-        async for out in self._generate(request):
-            yield _chunk(out, self.stage, self.replica_id)
+        async for chunk in self.backend.generate(request, await self._image_spans(request.images)):
+            yield chunk
 
 
-class PrefillReplica(EngineReplica):
-    mode = "prefill"
+class PrefillReplica(LLMReplica):
     stage = "prefill"
 
     async def prefill(self, request: GenerateRequest) -> PrefillResult:
-        last = None
-        async for out in self._generate(request):
-            last = out
-        assert last is not None and last.finished
-        if last.handoff is None:  # the first token already ended the request
-            return PrefillResult(first=_chunk(last, self.stage, self.replica_id), num_prompt_tokens=last.num_prompt_tokens)
+        done = await self.backend.prefill(request, await self._image_spans(request.images))
+        if done.handoff is None:  # the first token already ended the request
+            return PrefillResult(first=done.first, num_prompt_tokens=done.num_prompt_tokens)
         return PrefillResult(
-            first=_chunk(last, self.stage, self.replica_id),
-            kv_ref=[self.held.hold(ray.put(last.handoff.kv))],
-            num_prompt_tokens=last.handoff.num_prompt_tokens,
-            mm_hashes=last.handoff.mm_hashes,
+            first=done.first,
+            kv_ref=[self.held.hold(ray.put(done.handoff))],
+            num_prompt_tokens=done.num_prompt_tokens,
+            mm_hashes=done.mm_hashes,
         )
 
 
-class DecodeReplica(EngineReplica):
-    mode = "decode"
+class DecodeReplica(LLMReplica):
     stage = "decode"
 
     async def decode(self, request: GenerateRequest, prefilled: PrefillResult) -> AsyncIterator[TokenChunk]:
-        """Continue `request` from the KV its prefill left; `request` is the one the prefill
-        replica was given, so a resumed request's carried output sits between the prompt and
-        the prefill's first token, as it does in the KV."""
-        kv = await prefilled.kv_ref[0]
-        handoff = KVHandoff(
-            request_id=request.request_id,
-            token_ids=[*request.prompt_token_ids, *request.resume_token_ids, *prefilled.first.token_ids],
-            num_prompt_tokens=prefilled.num_prompt_tokens,
-            kv=kv,
-            params=request.params,
-            mm_hashes=prefilled.mm_hashes,
-            num_text_chars_emitted=request.resume_text_chars + len(prefilled.first.text),
-        )
-        async for out in self.async_engine.generate_from_handoff(handoff, priority=request.priority, deadline_s=request.deadline_s):
-            yield _chunk(out, self.stage, self.replica_id)
+        """Continue `request` (the one the prefill replica was given) from the KV its prefill
+        left in the object store."""
+        handoff = await prefilled.kv_ref[0]
+        done = Prefilled(first=prefilled.first, handoff=handoff, num_prompt_tokens=prefilled.num_prompt_tokens, mm_hashes=prefilled.mm_hashes)
+        async for chunk in self.backend.decode(request, done):
+            yield chunk
+
+
+def routing_stats(stats: BackendStats, pool: str, site: str) -> dict[str, Any]:
+    """A backend's stats as the request routers and the heartbeat read them."""
+    return {
+        "pool": pool,
+        "site": site,
+        "running": stats.running,
+        "waiting": stats.waiting,
+        "queued_prefill_tokens": stats.queued_prefill_tokens,
+        "free_kv_blocks": stats.free_kv_blocks,
+        "total_kv_blocks": stats.total_kv_blocks,
+        "tokens_per_s": stats.tokens_per_s,
+        "busy_fraction": stats.busy_fraction,
+        "prefill_tokens_per_busy_s": stats.prefill_tokens_per_busy_s,
+        "decode_tokens_per_busy_s": stats.decode_tokens_per_busy_s,
+        "prefix_hashes": sorted(stats.prefix_hashes)[:MAX_ADVERTISED_PREFIX_HASHES],
+    }
+
+
+def power_modes(telemetry: dict[str, Any] | None) -> tuple[Mode, ...]:
+    """The site's power modes a replica must be able to enact (none without telemetry)."""
+    return tuple(Mode(*m) for m in (telemetry or {}).get("power_modes", ()))
 
 
 class VisionReplica:

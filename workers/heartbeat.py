@@ -4,6 +4,9 @@ autoscaler and the dashboard see each pool as it is and a dead replica disappear
 Publishing never touches the request path: it reads the engine's counters and queues a record
 that a background task writes; when Redis is away the record is dropped and counted.
 
+Every few beats it also publishes the engine's own Prometheus metrics (`engine_metrics`, e.g.
+vLLM's `vllm:*`), which the ingress's `/metrics` serves beside Pavana's.
+
 The same loop enacts the power planner's modes: every few beats it reads the routing plan and
 the live replicas of its site, takes the mode at its rank (`cluster.power_modes.
 mode_for_replica`), tells the engine (`on_mode`), and reports its power in that mode.
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cluster.power_modes import Mode, mode_for_replica
-from cluster.records import ReplicaHeartbeat, rank_id
+from cluster.records import EngineMetrics, ReplicaHeartbeat, rank_id
 from cluster.telemetry import TelemetryPublisher, TelemetryStore
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ class TelemetrySettings:
     # The site's power modes as (name, power_w, throughput_fraction); empty: modes are not enacted.
     power_modes: tuple[tuple[str, float, float], ...] = ()
     mode_check_every: int = 3  # beats between reads of the routing plan
+    engine_metrics_every: int = 5  # beats between publications of the engine's own metrics
 
 
 def estimated_power_w(busy_fraction: float, replica_power_w: float) -> float:
@@ -48,11 +52,13 @@ def estimated_power_w(busy_fraction: float, replica_power_w: float) -> float:
 
 class Heartbeat:
     def __init__(self, settings: TelemetrySettings, *, pool: str, stage: str, site: str, replica_id: str,
-                 stats: Callable[[], dict[str, Any]], on_mode: Callable[[Mode], None] | None = None) -> None:
+                 stats: Callable[[], dict[str, Any]], on_mode: Callable[[Mode], None] | None = None,
+                 engine_metrics: Callable[[], str] | None = None) -> None:
         self.settings = settings
         self.modes = tuple(Mode(*m) for m in settings.power_modes)
         self.mode: Mode | None = None
         self.on_mode = on_mode
+        self.engine_metrics = engine_metrics
         self.identity = dict(pool=pool, stage=stage, site=site, replica_id=replica_id)
         self.stats = stats
         self.store = TelemetryStore(settings.redis_url, settings.prefix, heartbeat_ttl_s=max(5.0, 5 * settings.period_s))
@@ -79,6 +85,12 @@ class Heartbeat:
             queued_images=int(s.get("queued_images", 0)),
         )
 
+    def publish_engine_metrics(self) -> None:
+        text = self.engine_metrics() if self.engine_metrics is not None else ""
+        if text:
+            i = self.identity
+            self.publisher.publish(EngineMetrics(pool=i["pool"], site=i["site"], replica_id=i["replica_id"], text=text, timestamp_s=time.time()))
+
     def start(self) -> None:
         if self._task is None:
             self.publisher.start()
@@ -91,6 +103,8 @@ class Heartbeat:
                 if self.modes and beat % self.settings.mode_check_every == 0:
                     await self.follow_mode()
                 self.publisher.publish(self.record())
+                if self.engine_metrics is not None and beat % self.settings.engine_metrics_every == 0:
+                    self.publish_engine_metrics()
             except Exception:  # a heartbeat must never take the replica down
                 log.exception("heartbeat: could not build the record")
             beat += 1

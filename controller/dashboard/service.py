@@ -110,7 +110,13 @@ class Dashboard:
         except APIError as exc:
             return _error(exc)
         snapshot, plan, _, _ = await self.read()
-        return Response(self.metrics.exposition(snapshot, plan, time.time()), media_type=CONTENT_TYPE)
+        engines = []
+        if not snapshot.stale:
+            try:
+                engines = await self.store.engine_metrics()
+            except TelemetryUnavailable as exc:
+                log.warning("metrics: the engines' metrics are unreadable: %s", exc)
+        return Response(self.metrics.exposition(snapshot, plan, time.time(), engines), media_type=CONTENT_TYPE)
 
     def _bytes(self, path: Path) -> bytes:
         if path.name not in self._cache:

@@ -1,7 +1,7 @@
 """The application builder's choices, without starting Ray: names, sites, engines, scaling."""
 
 from cluster.spec import ClusterSpec
-from controller.app import autoscaling_config, deployment_name, replica_class, site_resource
+from controller.app import autoscaling_config, deployment_name, replica_arguments, replica_class, site_resource
 from workers.deployments import DecodeReplica, PrefillReplica, VisionReplica
 
 
@@ -12,14 +12,14 @@ def test_names_and_site_resources():
 
 def test_the_spec_chooses_the_engine_backend():
     spec = ClusterSpec.default()
-    assert replica_class("prefill", spec) is PrefillReplica
-    assert replica_class("decode", spec) is DecodeReplica
+    assert replica_class("prefill") is PrefillReplica
+    assert replica_class("decode") is DecodeReplica
+    assert replica_class("vision") is VisionReplica
+    assert replica_arguments("decode", spec.sites[0], spec)[1]["backend"] == "pavana"
     vllm_spec = ClusterSpec.parse({"engine": {"backend": "vllm"}})
-    from workers.backends.vllm import VllmDecodeReplica, VllmPrefillReplica
-
-    assert replica_class("prefill", vllm_spec) is VllmPrefillReplica
-    assert replica_class("decode", vllm_spec) is VllmDecodeReplica
-    assert replica_class("vision", vllm_spec) is VisionReplica  # the vision stage stays Pavana's
+    for stage in ("prefill", "decode", "colocated"):
+        assert replica_arguments(stage, vllm_spec.sites[0], vllm_spec)[1]["backend"] == "vllm"
+    assert "backend" not in replica_arguments("vision", vllm_spec.sites[0], vllm_spec)[1]  # the vision stage stays Pavana's
 
 
 def test_pools_follow_the_plan_through_serves_autoscaling_hook():

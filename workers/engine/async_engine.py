@@ -140,6 +140,11 @@ class AsyncEngine:
         )
 
     @property
+    def failure(self) -> BaseException | None:
+        """What stopped the step loop, or None while it runs."""
+        return self._dead
+
+    @property
     def num_active(self) -> int:
         return len(self._streams)
 
@@ -188,9 +193,15 @@ class AsyncEngine:
 
     def _apply_pending(self) -> None:
         for request_id in self._to_abort:
+            waiting = [s for s in self._to_add if s.request_id == request_id]
+            seq = self.engine.seq(request_id) or (waiting[0] if waiting else None)
             self.engine.abort(request_id)
             self._to_add = [s for s in self._to_add if s.request_id != request_id]
-            self._streams.pop(request_id, None)
+            queue = self._streams.pop(request_id, None)
+            if queue is not None and seq is not None:  # a stream still read by someone ends, not hangs
+                queue.put_nowait(RequestOutput(
+                    request_id, [], "", True, "abort", seq.num_prompt_tokens, seq.num_output_tokens,
+                ))
         self._to_abort.clear()
         for seq in self._to_add:
             try:

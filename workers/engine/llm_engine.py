@@ -246,6 +246,11 @@ class LLMEngine:
         self._requests[seq.request_id] = request
         self.scheduler.add(seq)
 
+    def seq(self, request_id: str) -> Sequence | None:
+        """The running or waiting sequence of a request, if the engine holds it."""
+        request = self._requests.get(request_id)
+        return request.seq if request is not None else None
+
     def abort(self, request_id: str) -> bool:
         request = self._requests.pop(request_id, None)
         if request is None:
