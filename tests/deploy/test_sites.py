@@ -143,3 +143,62 @@ def test_gpu_overlay_runs_vllm_on_gpu_workers(tmp_path):
     assert container["image"].endswith("-gpu")
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert any(Path(spec.model.path).is_relative_to(m) for m in mounts)
+
+
+# -- GPU pools: vLLM, NVML access for power modes, the autoscaler's bounds -----------------------
+def nvml_access_problems(spec: ClusterSpec, resources: list[Resource]) -> list[str]:
+    """Sites whose power modes lock GPU clocks (throughput below full) on pods that cannot:
+    NVML's clock locks need root or CAP_SYS_ADMIN, and without them a replica refuses to start."""
+    problems = []
+    groups = site_groups(resources)
+    for site in spec.sites:
+        capped = [m.name for m in site.power_modes if m.throughput_fraction < 1]
+        if not capped or not any(p.num_gpus for p in spec.pools.values()):
+            continue
+        container = groups[site.name]["template"]["spec"]["containers"][0]
+        context = container.get("securityContext") or {}
+        root = context.get("runAsUser") == 0
+        admin = "SYS_ADMIN" in ((context.get("capabilities") or {}).get("add") or [])
+        if not (root and admin):
+            problems.append(f"site {site.name}: power modes {capped} lock GPU clocks, but its GPU container runs without root and SYS_ADMIN")
+    return problems
+
+
+def test_gpu_overlay_pools_are_vllm_on_gpus_within_their_bounds(tmp_path):
+    from controller.app import autoscaling_config
+
+    resources = rendered("overlays/gpu")
+    spec = overlay_spec(resources, tmp_path)
+    assert spec.engine.backend == "vllm"
+    groups = site_groups(resources)
+    for site in spec.sites:
+        group = groups[site.name]
+        container = group["template"]["spec"]["containers"][0]
+        gpus_per_pod = float(group["rayStartParams"]["num-gpus"])
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == gpus_per_pod
+        replicas_at_most = group["maxReplicas"] * gpus_per_pod
+        for stage, pool in spec.pools.items():
+            assert pool.num_gpus >= 1, f"{stage}: a vLLM replica needs a GPU of its own"
+            assert 1 <= pool.min_replicas <= pool.initial_replicas <= pool.max_replicas
+            serve = autoscaling_config(stage, pool, site, spec)
+            assert serve["max_replicas"] == pool.max_replicas and serve["min_replicas"] <= pool.min_replicas
+            assert serve["min_replicas"] <= serve["initial_replicas"] <= serve["max_replicas"]
+        needed = sum(p.max_replicas * p.num_gpus for p in spec.pools.values())
+        assert replicas_at_most >= needed, f"site {site.name}: pods hold {replicas_at_most} GPUs, the pools' maximums need {needed}"
+        assert sum(p.max_replicas for p in spec.pools.values()) <= site.max_replicas
+
+
+def test_gpu_overlay_power_modes_match_the_nvml_access_of_its_pods(tmp_path):
+    resources = rendered("overlays/gpu")
+    spec = overlay_spec(resources, tmp_path)
+    assert nvml_access_problems(spec, resources) == []
+    capped = spec.model_copy(update={"sites": [
+        s.model_copy(update={"power_modes": [*s.power_modes, type(s.power_modes[0])(name="capped", power_w=450.0, throughput_fraction=0.6)]})
+        for s in spec.sites
+    ]})
+    assert nvml_access_problems(capped, resources) == [
+        "site local: power modes ['capped'] lock GPU clocks, but its GPU container runs without root and SYS_ADMIN"
+    ]
+    container = site_groups(resources)["local"]["template"]["spec"]["containers"][0]
+    container["securityContext"] = {"runAsNonRoot": False, "runAsUser": 0, "capabilities": {"add": ["SYS_ADMIN"]}}
+    assert nvml_access_problems(capped, resources) == []
