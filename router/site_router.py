@@ -14,12 +14,19 @@ When no site in the plan can take a class, the request fails over to any powered
 nearest first; when none is powered, there is no site (the ingress answers 503 with
 Retry-After).
 
-Pure: the caller passes the plan, the live power and load picture and uniform random numbers.
+Telemetry tells of a lost site (its node gone) only once its replicas' heartbeats expire, many
+seconds later; the orchestrator sees it at once, when a call there fails with its replica lost
+or finds no replica to take it. `failover_site` is its fast reaction: a site with such a loss
+and no answer from a call made since gets no more tries for a while, and each request it would
+have served goes to the next site that has none.
+
+Pure: the caller passes the plan, the live power and load picture, uniform random numbers, the
+losses it saw and the time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -130,3 +137,41 @@ def _less_loaded(
                 return spill, (f"spill-over: {site} would wait {best.wait_s:.2f} s (> {spill_wait_s:.2f} s); "
                                f"{spill} waits {load[spill].wait_s:.2f} s")
     return site, reason
+
+
+# A site that lost a replica (or left a call unplaced) and has not answered since is passed over
+# this long: longer than a heartbeat lives in telemetry (15 s), so that by the time it is tried
+# again the ingress's site view has dropped a site that is really gone.
+SITE_LOSS_MEMORY_S = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class SiteLoss:
+    """The last time a call at a site failed for want of a replica, and how."""
+
+    at_s: float
+    cause: str
+
+
+def site_is_lost(loss: SiteLoss | None, now_s: float, memory_s: float = SITE_LOSS_MEMORY_S) -> bool:
+    return loss is not None and now_s - loss.at_s < memory_s
+
+
+def failover_site(
+    current: str,
+    sites: Sequence[str],
+    losses: Mapping[str, SiteLoss],
+    now_s: float,
+    *,
+    memory_s: float = SITE_LOSS_MEMORY_S,
+) -> SiteChoice:
+    """Where the next try of a request bound for `current` goes: `current` unless it is lost
+    (`site_is_lost`); else the first site of `sites` (the spec's order) that is not; when every
+    site is lost, `current` still (a bounded retry there beats giving up without one)."""
+    loss = losses.get(current)
+    if not site_is_lost(loss, now_s, memory_s):
+        return SiteChoice(current, f"{current} serves")
+    for site in sites:
+        if site != current and not site_is_lost(losses.get(site), now_s, memory_s):
+            return SiteChoice(site, f"fail-over: {current} lost a replica {now_s - loss.at_s:.1f} s ago ({loss.cause}); {site} has not")
+    return SiteChoice(current, f"every site lost a replica within {memory_s:.0f} s; {current} is tried again")

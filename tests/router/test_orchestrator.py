@@ -16,11 +16,13 @@ import asyncio
 import dataclasses
 import zlib
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 import router.orchestrator as orchestrator
+import router.site_router as site_router
 from router.orchestrator import MAX_ATTEMPTS, Orchestrator, SitePools
 from workers.requests import GenerateRequest, ImageInput, PrefillResult, SamplingParams, TokenChunk
 
@@ -378,3 +380,181 @@ async def test_a_vision_pool_lost_every_time_fails_after_max_attempts():
     with pytest.raises(ActorDiedError):
         await stream(colocated(pool, vision), req, images=[b"png"])
     assert "generate" not in pool.calls
+
+
+# -- site losses --------------------------------------------------------------------------------------
+class Clock:
+    """The orchestrator's clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Unplaced:
+    """A Serve response whose call no replica ever takes (its pool's site is gone): Serve would
+    hold it until a replica is placed. Records whether it was cancelled."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    async def _fetch_future_result_async(self) -> None:
+        await asyncio.Event().wait()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class PlacedLater:
+    """A Serve response that a replica takes after `delay_s` (a pool starting a replica), then
+    answers with `inner` (a coroutine or an async iterator)."""
+
+    def __init__(self, inner: Any, delay_s: float) -> None:
+        self.inner, self.delay_s = inner, delay_s
+
+    async def _fetch_future_result_async(self) -> None:
+        await asyncio.sleep(self.delay_s)
+
+    def __await__(self):
+        return self.inner.__await__()
+
+    def __aiter__(self):
+        return self.inner.__aiter__()
+
+    def cancel(self) -> None:
+        raise AssertionError("a call that was placed must not be cancelled")
+
+
+class GonePool(FakePool):
+    """A pool at a lost site: every call is left unplaced (`Unplaced`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unplaced: list[Unplaced] = []
+
+    def _unplaced(self, method: str):
+        def remote(*args: Any) -> Unplaced:
+            self.calls.setdefault(method, []).append(args)
+            self.unplaced.append(Unplaced())
+            return self.unplaced[-1]
+
+        return _Remote(remote)
+
+    @property
+    def prefill(self) -> _Remote:
+        return self._unplaced("prefill")
+
+    @property
+    def generate(self) -> _Remote:
+        return self._unplaced("generate")
+
+
+def two_sites(s: SitePools, t: SitePools, clock: Clock | None = None) -> Orchestrator:
+    return Orchestrator({"s": s, "t": t}, clock=clock or Clock())
+
+
+def pd(prefill: FakePool | None = None, decode: FakePool | None = None, vision: FakePool | None = None) -> SitePools:
+    return SitePools(prefill=prefill or FakePool(), decode=decode or FakePool(), vision=vision)
+
+
+async def test_a_request_whose_site_is_lost_before_it_streamed_is_retried_on_the_other_site():
+    s, t = pd(prefill=FakePool(prefill=[Fault(after=0)])), pd()
+    orch = two_sites(s, t)
+    chunks = await stream(orch)
+    assert_one_uninterrupted_stream(chunks)
+    assert len(s.prefill.calls["prefill"]) == 1 and "decode" not in s.decode.calls
+    [(again,)] = t.prefill.calls["prefill"]
+    assert again.resume_token_ids == ()
+    assert "s" in orch.losses and "t" not in orch.losses
+
+
+@pytest.mark.parametrize("k", [0, 1, 6])
+async def test_a_stream_whose_site_dies_under_its_decode_resumes_on_the_other_site(k):
+    """Even a decode lost before it streamed is not retried from the old site's KV: that KV
+    went with the site."""
+    s, t = pd(decode=FakePool(decode=[Fault(after=k)])), pd()
+    chunks = await stream(two_sites(s, t))
+    assert_one_uninterrupted_stream(chunks)
+    [(resumed,)] = t.prefill.calls["prefill"]
+    assert resumed.resume_token_ids == tuple(undisturbed()[: 1 + k])
+    assert [c.stage for c in chunks] == ["prefill"] + ["decode"] * k + ["prefill"] + ["decode"] * (MAX_TOKENS - k - 2)
+    assert len(t.decode.calls["decode"]) == 1
+    assert len(s.decode.calls["decode"]) == 1  # never tried again at s
+
+
+async def test_a_colocated_stream_moves_to_the_other_site_with_what_the_client_has():
+    s, t = SitePools(colocated=FakePool(generate=[Fault(after=4)])), SitePools(colocated=FakePool())
+    chunks = await stream(two_sites(s, t))
+    assert_one_uninterrupted_stream(chunks)
+    [(resumed,)] = t.colocated.calls["generate"]
+    assert resumed.resume_token_ids == tuple(undisturbed()[:4])
+
+
+async def test_a_lost_site_gets_no_request_until_its_loss_is_forgotten_then_serves_again():
+    clock = Clock()
+    s, t = pd(prefill=FakePool(prefill=[Fault(after=0)])), pd()
+    orch = two_sites(s, t, clock)
+    await stream(orch, request("first"))
+    clock.now += site_router.SITE_LOSS_MEMORY_S - 1
+    assert_one_uninterrupted_stream(await stream(orch, request("bound-for-s")))
+    assert len(s.prefill.calls["prefill"]) == 1  # rerouted to t without a try at s
+    clock.now += 2
+    assert_one_uninterrupted_stream(await stream(orch, request("later")))
+    assert len(s.prefill.calls["prefill"]) == 2 and "s" not in orch.losses  # tried again, answered: the loss is over
+
+
+async def test_only_an_answer_to_a_call_made_after_the_loss_ends_it():
+    """A stream that began at s before s lost a replica still streams from the replica that
+    serves it; that says nothing of the pool since, so s stays lost."""
+    clock = Clock()
+    s = SitePools(colocated=FakePool(generate=[None, Fault(after=0)]))
+    orch = two_sites(s, SitePools(colocated=FakePool()), clock)
+    early = orch.generate(request("early"), [], "s")
+    got = [await anext(early)]
+    clock.now += 1
+    assert_one_uninterrupted_stream(await stream(orch, request("lost-at-s")))
+    assert "s" in orch.losses
+    clock.now += 1
+    got += [c async for c in early]
+    assert tokens_of(got) == undisturbed() and "s" in orch.losses
+
+
+async def test_a_pool_that_takes_no_call_is_left_for_the_other_site(monkeypatch):
+    monkeypatch.setattr(orchestrator, "PLACEMENT_TIMEOUT_S", 0.01)
+    gone = GonePool()
+    t = pd()
+    orch = two_sites(pd(prefill=gone), t)
+    assert_one_uninterrupted_stream(await stream(orch))
+    assert [u.cancelled for u in gone.unplaced] == [True]  # nothing waits on in Serve's queue
+    assert "PoolUnreachable" in orch.losses["s"].cause and len(t.prefill.calls["prefill"]) == 1
+
+
+async def test_with_no_other_site_a_call_waits_for_its_replica_however_long(monkeypatch):
+    """One site: nowhere else to go, so a pool starting a replica is waited for, as before."""
+    monkeypatch.setattr(orchestrator, "PLACEMENT_TIMEOUT_S", 0.01)
+    pool = FakePool()
+    slow = SimpleNamespace(remote=lambda req: PlacedLater(pool._generate(req), delay_s=0.05))
+    orch = Orchestrator({"s": SitePools(colocated=SimpleNamespace(options=lambda stream: SimpleNamespace(generate=slow)))})
+    assert_one_uninterrupted_stream(await stream(orch))
+    assert orch.losses == {}
+
+
+async def test_when_every_site_is_lost_the_request_stays_and_fails_after_max_attempts():
+    s = pd(prefill=FakePool(prefill=[Fault(after=0)] * MAX_ATTEMPTS))
+    t = pd(prefill=FakePool(prefill=[Fault(after=0)] * MAX_ATTEMPTS))
+    with pytest.raises(ActorDiedError):
+        await stream(two_sites(s, t))
+    # s, then t, then every site is lost: the request stays at t for its last try.
+    assert len(s.prefill.calls["prefill"]) == 1 and len(t.prefill.calls["prefill"]) == MAX_ATTEMPTS - 1
+
+
+async def test_an_image_request_moved_to_another_site_is_encoded_again_there():
+    s = pd(prefill=FakePool(prefill=[Fault(after=0)]), vision=FakePool())
+    t = pd(vision=FakePool())
+    req = request(images=(ImageInput(offset=0, length=2, content_hash="h"),))
+    assert_one_uninterrupted_stream(await stream(two_sites(s, t), req, images=[b"png"]))
+    assert len(s.vision.calls["encode"]) == 1 and len(t.vision.calls["encode"]) == 1
+    [(sent,)] = t.prefill.calls["prefill"]
+    assert sent.images[0].embeds_ref == "embeds-of-0"

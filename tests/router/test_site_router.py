@@ -2,7 +2,7 @@
 
 from collections import Counter
 
-from router.site_router import SitePower, choose_site
+from router.site_router import SITE_LOSS_MEMORY_S, SiteLoss, SitePower, choose_site, failover_site
 
 SHARES = {"chat": {"a": 0.75, "b": 0.25}}
 
@@ -71,3 +71,30 @@ def test_when_every_planned_candidate_is_saturated_work_spills_to_a_powered_site
     choice = choose_site("chat", shares, power, 0.3, load=load, second=0.2, spill_wait_s=1.0)
     assert choice.site == "b" and "spill-over" in choice.reason  # c has no power
     assert choose_site("chat", shares, power, 0.3, load=load, second=0.2, spill_wait_s=5.0).site == "a"
+
+
+# -- fail-over from a lost site (the orchestrator's fast reaction) --------------------------------------
+SITES = ["a", "b", "c"]
+
+
+def test_a_site_without_a_recent_loss_keeps_its_request():
+    assert failover_site("b", SITES, {}, now_s=100.0).site == "b"
+    old = {"b": SiteLoss(at_s=100.0 - SITE_LOSS_MEMORY_S, cause="decode: ActorDiedError")}
+    assert failover_site("b", SITES, old, now_s=100.0).site == "b"  # forgotten: tried again
+
+
+def test_a_lost_site_hands_its_request_to_the_first_site_in_order_without_a_loss():
+    losses = {"a": SiteLoss(95.0, "prefill: ActorDiedError"), "b": SiteLoss(98.0, "prefill: PoolUnreachable")}
+    choice = failover_site("b", SITES, losses, now_s=100.0)
+    assert choice.site == "c"
+    assert "b lost a replica 2.0 s ago (prefill: PoolUnreachable)" in choice.reason
+
+
+def test_when_every_site_is_lost_the_request_stays_where_it_is():
+    losses = {s: SiteLoss(99.0, "prefill: ActorDiedError") for s in SITES}
+    choice = failover_site("b", SITES, losses, now_s=100.0)
+    assert choice.site == "b" and "every site" in choice.reason
+
+
+def test_one_site_has_nowhere_else_to_go():
+    assert failover_site("a", ["a"], {"a": SiteLoss(99.0, "x")}, now_s=100.0).site == "a"
