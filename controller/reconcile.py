@@ -8,6 +8,10 @@ where Ray Serve's autoscaling hook (`autoscaler.serve_hook.FollowPlan`), the ing
 router and the replicas read them, and record every decision, for `pavana status` and the
 dashboard. This module decides nothing itself; the simulator makes the same call on simulated
 observations. Acting on the same plan twice changes nothing.
+
+Beside the round, the loop watches the cluster's nodes: a site whose every node has left
+(`router.site_view.lost_sites`) is recorded once, with why, as a decision for each of its
+pools, and again when a node carrying it is back.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import ray
 
 from autoscaler.round import Observation, RoundMemory, RoundResult, plan_round, settings_from_spec
 from autoscaler.round_log import dump_round
-from cluster.records import Plan, pool_key
+from cluster.records import Decision, Plan, pool_key
 from cluster.spec import ClusterSpec
 from cluster.telemetry import TelemetryStore
 from controller.power import PowerSources
+from router.site_view import SiteNodes, lost_sites, site_loss_decisions
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,19 @@ def running_replicas(spec: ClusterSpec, app_name: str) -> dict[str, int]:
             states = deployment.replica_states if deployment else {}
             counts[pool_key(stage, site.name)] = int(states.get("RUNNING", 0))
     return counts
+
+
+def site_nodes(spec: ClusterSpec) -> dict[str, SiteNodes]:
+    """For each site, the Ray nodes carrying its resource, alive and gone (Ray keeps a node
+    that left in its table, marked dead)."""
+    from controller.app import site_resource
+
+    counts = {site.name: [0, 0] for site in spec.sites}
+    for node in ray.nodes():
+        for site, count in counts.items():
+            if node.get("Resources", {}).get(site_resource(site), 0) > 0:
+                count[0 if node.get("Alive") else 1] += 1
+    return {site: SiteNodes(live, gone) for site, (live, gone) in counts.items()}
 
 
 class Reconciler:
@@ -73,6 +91,7 @@ class Reconciler:
         self.memory = RoundMemory()
         self.record_path = Path(record_path) if record_path else None
         self.last_result: RoundResult | None = None
+        self.lost_sites: dict[str, str] = {}  # site -> why it is lost, as last recorded
         self._memory_restored = False
 
     @property
@@ -96,18 +115,20 @@ class Reconciler:
         """An observation from a snapshot and replica counts: each site's power evaluated now."""
         return Observation(now_s=now_s, snapshot=snapshot, current=dict(current), power_w=self.power.available(snapshot, now_s))
 
-    async def act(self, observation: Observation, result: RoundResult) -> bool:
+    async def act(self, observation: Observation, result: RoundResult, site_decisions: tuple[Decision, ...] = ()) -> bool:
         """Publish the plans for the autoscaling hook, the site router and the replicas, and
-        record each decision with its reason. False when Redis could not take them: then
-        nothing was enacted and the round's memory is not kept."""
+        record each decision with its reason (the round's, and `site_decisions` on lost
+        sites). False when Redis could not take them: then nothing was enacted and the round's
+        memory is not kept."""
         routing = [result.routing] if result.replanned and result.routing else []
         power = self.power.published(observation.power_w, observation.now_s)
+        decisions = (*result.decisions, *site_decisions)
         try:
-            await self.store.write_batch([result.plan, *result.decisions, *power, *routing])
+            await self.store.write_batch([result.plan, *decisions, *power, *routing])
         except ConnectionError as exc:
             log.warning("reconcile: cannot write the plan (%s); Serve keeps its current sizes", exc)
             return False
-        for d in result.decisions:
+        for d in decisions:
             log.info("%s %s: %d -> %d (%s)", d.kind, d.target, d.before, d.after, d.reason)
         return True
 
@@ -130,8 +151,9 @@ class Reconciler:
     def plan(self, observation: Observation) -> RoundResult:
         return plan_round(observation, self.memory, self.settings)
 
-    async def round(self, observation: Observation) -> RoundResult:
-        """Plan and act on one observation; keep the new memory once the plan is published."""
+    async def round(self, observation: Observation, nodes: dict[str, SiteNodes] | None = None) -> RoundResult:
+        """Plan and act on one observation; keep the new memory once the plan is published.
+        With `nodes` (`site_nodes`), a site lost or back since the last round is recorded."""
         if not self._memory_restored:
             try:
                 await self.restore_memory()
@@ -139,15 +161,20 @@ class Reconciler:
                 log.warning("reconcile: cannot read the last plan and decisions yet; cool-downs start now")
         memory = self.memory
         result = self.plan(observation)
-        if await self.act(observation, result):
+        lost = self.lost_sites if nodes is None else lost_sites(nodes, observation.snapshot.heartbeats)
+        changes = site_loss_decisions(self.lost_sites, lost, self.spec.pools, observation.current, observation.now_s)
+        if await self.act(observation, result, tuple(changes)):
             self.memory = result.memory
+            self.lost_sites = lost
             self._record(observation, memory, result)
         self.last_result = result
         return result
 
     async def reconcile_once(self, now_s: float | None = None) -> Plan:
         now_s = now_s if now_s is not None else time.time()
-        result = await self.round(await self.observe(now_s))
+        observation = await self.observe(now_s)
+        nodes = await asyncio.get_running_loop().run_in_executor(None, site_nodes, self.spec)
+        result = await self.round(observation, nodes)
         return result.plan
 
     def _record(self, observation: Observation, memory: RoundMemory, result: RoundResult) -> None:

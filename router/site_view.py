@@ -6,14 +6,19 @@ be shared: each class as the power planner divided it (`RoutingPlan.shares`), or
 first plan, as the stage autoscaler sized each site.
 
 Pure: a telemetry snapshot and the plan in, the inputs of `router.site_router` out.
+
+The same picture says which sites are lost (`lost_sites`), for the reconcile loop to record
+why: a site whose every node has left the cluster runs nothing and can place nothing, while
+its replicas' heartbeats outlive them for their time-to-live.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from cluster.records import Plan, RoutingPlan, TelemetrySnapshot
+from cluster.records import Decision, Plan, RoutingPlan, TelemetrySnapshot, pool_key
 from router.site_router import SiteLoad, SitePower
 
 # Prefill tokens an entry replica processes per busy second until its heartbeats have measured it.
@@ -76,3 +81,45 @@ def site_load(heartbeats, site: str, entry_stage: str, default_tokens_per_s: flo
     holders = [h for h in heartbeats if h.site == site and h.stage in ("decode", "colocated") and h.total_kv_blocks > 0]
     kv = sum(h.kv_occupancy for h in holders) / len(holders) if holders else 0.0
     return SiteLoad(wait_s=queued / rate if rate > 0 else 0.0, kv_occupancy=kv)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteNodes:
+    """The cluster's nodes that carry a site's resource (`site.<name>`): alive, and gone."""
+
+    live: int
+    gone: int
+
+
+def lost_sites(nodes: Mapping[str, SiteNodes], heartbeats) -> dict[str, str]:
+    """site -> why it is lost: nodes carried its resource and none that does is alive. A site
+    that no node ever carried (one node serving every site without site resources) is not
+    lost: nothing is known of where it runs."""
+    lost = {}
+    for site, n in nodes.items():
+        if n.live == 0 and n.gone > 0:
+            beats = sum(1 for h in heartbeats if h.site == site)
+            echo = f"{beats} heartbeats of its replicas have yet to expire" if beats else "no heartbeats from its replicas"
+            lost[site] = f"site {site} lost: no live node carries site.{site} ({n.gone} that did left the cluster); {echo}"
+    return lost
+
+
+def site_loss_decisions(
+    before: Mapping[str, str],
+    now: Mapping[str, str],
+    pools: Iterable[str],
+    current: Mapping[str, int],
+    now_s: float,
+) -> list[Decision]:
+    """A decision for each pool of a site when the site is lost and when it is back (`before`
+    and `now` from `lost_sites`), nothing while it stays as it was: every pool of a lost site
+    is held at no replica whatever its plan says, since none can be placed."""
+    pools = list(pools)
+    decisions = []
+    for site in sorted(now.keys() - before.keys()):
+        decisions += [Decision("hold", pool_key(p, site), current.get(pool_key(p, site), 0), 0, now[site], now_s) for p in pools]
+    for site in sorted(before.keys() - now.keys()):
+        back = f"site {site} back: a live node carries site.{site} again"
+        decisions += [Decision("hold", key, current.get(key, 0), current.get(key, 0), back, now_s)
+                      for key in (pool_key(p, site) for p in pools)]
+    return decisions

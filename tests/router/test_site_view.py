@@ -5,7 +5,7 @@ there is one, else from the stage plan's sizes."""
 from __future__ import annotations
 
 from cluster.records import Plan, PoolTarget, ReplicaHeartbeat, RoutingPlan, SitePower, TelemetrySnapshot
-from router.site_view import build_view
+from router.site_view import SiteNodes, build_view, lost_sites, site_loss_decisions
 
 SITES = {"a": 0.0, "b": 5.0, "c": 9.0}
 REQUIRED = frozenset({"prefill", "decode"})
@@ -53,3 +53,28 @@ def test_each_site_s_wait_is_its_queue_over_its_measured_throughput():
     view = build_view(snapshot, None, sites=SITES, classes=["interactive"], required_stages=REQUIRED)
     assert view.load["a"].wait_s == 3.0 and view.load["b"].wait_s == 1.5
     assert view.load["b"].kv_occupancy == 0.95 and view.load["b"].score == 2.5
+
+
+# -- lost sites (recorded by the reconcile loop) ------------------------------------------------------
+def test_a_site_whose_every_node_left_is_lost_and_says_so():
+    nodes = {"a": SiteNodes(live=1, gone=0), "b": SiteNodes(live=0, gone=1)}
+    lost = lost_sites(nodes, [hb("prefill", "b")])
+    assert set(lost) == {"b"}
+    assert lost["b"].startswith("site b lost: no live node carries site.b (1 that did left the cluster)")
+    assert "1 heartbeats of its replicas have yet to expire" in lost["b"]
+    assert "no heartbeats from its replicas" in lost_sites(nodes, [])["b"]
+
+
+def test_a_site_with_a_node_left_or_never_placed_on_a_node_is_not_lost():
+    nodes = {"a": SiteNodes(live=1, gone=3), "local": SiteNodes(live=0, gone=0)}
+    assert lost_sites(nodes, []) == {}
+
+
+def test_a_lost_site_is_recorded_once_for_each_pool_and_again_when_it_is_back():
+    lost = {"b": "site b lost: no live node carries site.b"}
+    first = site_loss_decisions({}, lost, ["prefill", "decode"], {"prefill@b": 1}, now_s=5.0)
+    assert [(d.kind, d.target, d.before, d.after, d.reason) for d in first] == [
+        ("hold", "prefill@b", 1, 0, lost["b"]), ("hold", "decode@b", 0, 0, lost["b"])]
+    assert site_loss_decisions(lost, lost, ["prefill", "decode"], {}, now_s=10.0) == []
+    back = site_loss_decisions(lost, {}, ["prefill"], {"prefill@b": 1}, now_s=15.0)
+    assert [(d.target, d.before, d.after) for d in back] == [("prefill@b", 1, 1)] and "site b back" in back[0].reason
