@@ -119,6 +119,7 @@ class VllmBackend:
 
     def _admit(self, request_id: str, token_ids: Sequence[int], images: Sequence[MultimodalSpan]) -> None:
         text_prefix = token_ids[: min(s.offset for s in images)] if images else token_ids
+        self._prefixes.resize(self._total_kv_blocks())  # known once the engine has sized its cache
         self._prefixes.add(prefix_block_hashes(list(text_prefix), self.block_size))
         self._queued_prompt_tokens[request_id] = len(token_ids)
 

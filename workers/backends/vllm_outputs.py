@@ -36,8 +36,9 @@ def token_logprob(token_id: int, entries: Mapping[int, Any], k: int) -> TokenLog
 
 
 def token_logprobs(token_ids: Sequence[int], per_position: Sequence[Mapping[int, Any]] | None, k: int | None) -> tuple[TokenLogprob, ...]:
-    """Records for the new tokens of one output (none when the request asked for none)."""
-    if k is None:
+    """Records for the new tokens of one output (none when the request asked for none, or the
+    output has no new token)."""
+    if k is None or not token_ids:
         return ()
     if per_position is None or len(per_position) != len(token_ids):
         raise ValueError(f"vLLM returned logprobs for {0 if per_position is None else len(per_position)} of {len(token_ids)} new tokens")
