@@ -35,7 +35,7 @@ def local_serve(num_cpus: int = 4) -> Iterator[LocalServe]:
     from ray.serve.config import HTTPOptions
 
     ports = LocalServe(free_port(), free_port())
-    ray.init(num_cpus=num_cpus, resources={"site.local": 1000}, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=num_cpus, resources={"site.local": 1000}, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options=HTTPOptions(host="127.0.0.1", port=ports.http_port))
         yield ports

@@ -65,7 +65,7 @@ def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
             "api_keys": [API_KEY],
             "telemetry_prefix": f"bench:{time.time_ns()}",
         })
-        ray.init(num_cpus=4, resources={"site.local": 10}, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=4, resources={"site.local": 10}, include_dashboard=False, log_to_driver=False)
         try:
             start_serving(spec)
             handle = serve.get_deployment_handle("colocated-local", app_name="pavana")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -56,8 +56,20 @@ class ModelSpec(_Model):
         return data
 
 
+class VllmSettings(_Model):
+    """Settings only the vLLM backend reads (`docs/vllm.md`)."""
+
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of each GPU's memory vLLM may take")
+    tensor_parallel_size: int = Field(1, ge=1)
+    enforce_eager: bool = False
+    kv_connector: str = Field("NixlConnector", min_length=1, description="vLLM's KV connector for prefill → decode hand-offs")
+    kv_connector_extra_config: dict[str, Any] = Field(default_factory=dict)
+    max_images_per_prompt: int | None = Field(None, ge=0)
+
+
 class EngineSpec(_Model):
     backend: Literal["pavana", "vllm"] = "pavana"
+    vllm: VllmSettings = VllmSettings()
     policy: Literal["sarathi", "prefill_first"] = "sarathi"
     chunk_size: int = Field(256, gt=0, description="token budget of one iteration")
     max_num_seqs: int = Field(64, gt=0)

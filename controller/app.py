@@ -57,7 +57,8 @@ def site_resource(site: str) -> str:
 
 
 def engine_settings(spec: ClusterSpec) -> dict[str, Any]:
-    """The spec's engine section as `EngineConfig` keyword arguments (mode is the pool's)."""
+    """The spec's engine section as the backend's settings: `EngineConfig` keyword arguments for
+    Pavana's engine (mode is the pool's), `workers/backends/vllm_engine_args.py`'s keys for vLLM."""
     e = spec.engine
     settings = dict(
         policy=e.policy,
@@ -71,6 +72,10 @@ def engine_settings(spec: ClusterSpec) -> dict[str, Any]:
     )
     if spec.model.max_model_len:
         settings["max_model_len"] = spec.model.max_model_len
+    if e.backend == "vllm":
+        settings.update(e.vllm.model_dump())
+        for key in ("num_kv_blocks", "num_threads"):  # Pavana's CPU engine's alone: vLLM sizes its cache from GPU memory
+            settings.pop(key)
     return settings
 
 

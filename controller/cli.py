@@ -125,6 +125,14 @@ def bench_engine(quick: bool = QuickOption, json_path: Optional[Path] = JsonOpti
     main(quick=quick, json_path=json_path)
 
 
+@bench_app.command("gpu-engines")
+def bench_gpu_engines(quick: bool = QuickOption, json_path: Optional[Path] = JsonOption) -> None:
+    """Pavana's engine and vLLM side by side on one GPU: TTFT, TBT and tokens/s (needs a GPU and vllm)."""
+    from benchmarks.gpu_engines import main
+
+    main(quick=quick, json_path=json_path)
+
+
 @bench_app.command("router")
 def bench_router(quick: bool = QuickOption, json_path: Optional[Path] = JsonOption) -> None:
     """Requests/s and latency of a 1-token generation over HTTP against the pool's handle."""

@@ -173,6 +173,7 @@ def start_ray(spec: ClusterSpec, address: str | None, *, verbose: bool = False, 
         return
     pools_cpus = sum(p.num_cpus * p.max_replicas for p in spec.pools.values()) * len(spec.sites)
     ray.init(
+        address="local",  # a cluster of its own, even where another one runs on this machine
         num_cpus=max(os.cpu_count() or 1, int(pools_cpus) + 1),
         resources={f"site.{site.name}": 1000 for site in spec.sites},
         include_dashboard=False,

@@ -69,7 +69,8 @@ def ray_cluster():
     instance = ServeInstance(free_port(), free_port())
     sites = {f"site.{name}": 100 for name in ("local", "a", "b")}
     # gRPC on the loopback interface, as `pavana up` serves it.
-    ray.init(num_cpus=8, resources=sites, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env("127.0.0.1"))
+    # address="local": always a cluster of its own, never one another process left running.
+    ray.init(address="local", num_cpus=8, resources=sites, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env("127.0.0.1"))
     serve.start(
         http_options=HTTPOptions(host="127.0.0.1", port=instance.http_port),
         grpc_options=gRPCOptions(port=instance.grpc_port, grpc_servicer_functions=list(GRPC_SERVICER_FUNCTIONS)),

@@ -28,3 +28,19 @@ def test_pools_follow_the_plan_through_serves_autoscaling_hook():
     assert (config["min_replicas"], config["max_replicas"], config["initial_replicas"]) == (0, 3, 2)
     assert config["policy"]["policy_function"] == "autoscaler.serve_hook:FollowPlan"
     assert config["policy"]["policy_kwargs"] == {"redis_url": spec.redis_url, "prefix": spec.telemetry_prefix, "pool": "prefill", "site": "local"}
+
+
+def test_vllm_settings_reach_the_vllm_backend_and_cpu_settings_stay_behind():
+    from controller.app import engine_settings
+    from workers.backends.vllm_engine_args import VLLM_ONLY, engine_kwargs
+
+    spec = ClusterSpec.parse({
+        "model": {"path": "/models/llama"},
+        "engine": {"backend": "vllm", "vllm": {"gpu_memory_utilization": 0.5, "tensor_parallel_size": 2, "kv_connector": "LMCacheConnectorV1"}},
+    })
+    settings = engine_settings(spec)
+    assert set(VLLM_ONLY) <= settings.keys() and "num_kv_blocks" not in settings and "num_threads" not in settings
+    decode = engine_kwargs(spec.model.path, settings, "decode", multimodal=False)
+    assert (decode["gpu_memory_utilization"], decode["tensor_parallel_size"]) == (0.5, 2)
+    assert decode["kv_transfer_config"]["kv_connector"] == "LMCacheConnectorV1"
+    assert not set(VLLM_ONLY) & engine_settings(ClusterSpec.default()).keys()  # Pavana's engine gets none of them

@@ -58,17 +58,28 @@ def backend_name(request) -> str:
     return request.param
 
 
+def engine_config(name: str, kv_dir) -> dict:
+    """A backend's settings; vLLM's prefill and decode engines share one GPU here, so their KV
+    goes through vLLM's example connector (shared storage) rather than NIXL between GPUs."""
+    config = dict(BACKEND_CONFIGS[name])
+    if name == "vllm":
+        from tests.workers.backends.test_vllm_gpu import example_connector
+
+        config.update(kv_connector=example_connector(), kv_connector_extra_config={"shared_storage_path": str(kv_dir)})
+    return config
+
+
 class Backends:
     """One backend per stage for a model, built on first use and shut down at the end."""
 
-    def __init__(self, name: str, model_dir) -> None:
-        self.name, self.model_dir = name, str(model_dir)
+    def __init__(self, name: str, model_dir, kv_dir) -> None:
+        self.name, self.model_dir, self.kv_dir = name, str(model_dir), kv_dir
         self._made: dict[str, Backend] = {}
 
     def __call__(self, stage: str) -> Backend:
         if stage not in self._made:
             self._made[stage] = make_backend(
-                self.name, model_path=self.model_dir, bundled="", engine_config=dict(BACKEND_CONFIGS[self.name]),
+                self.name, model_path=self.model_dir, bundled="", engine_config=engine_config(self.name, self.kv_dir),
                 stage=stage, replica_id=f"{stage}-0",
             )
         return self._made[stage]
@@ -79,8 +90,8 @@ class Backends:
 
 
 @pytest.fixture
-async def backends(backend_name, tiny_llama_dir):
-    made = Backends(backend_name, tiny_llama_dir)
+async def backends(backend_name, tiny_llama_dir, tmp_path):
+    made = Backends(backend_name, tiny_llama_dir, tmp_path)
     yield made
     await made.close()
 
@@ -244,8 +255,8 @@ async def test_engine_metrics_are_prometheus_text_of_the_engine_alone(backends):
 
 
 @pytest.fixture
-async def llava_backends(backend_name, tiny_llava_dir):
-    made = Backends(backend_name, tiny_llava_dir)
+async def llava_backends(backend_name, tiny_llava_dir, tmp_path):
+    made = Backends(backend_name, tiny_llava_dir, tmp_path)
     yield made
     await made.close()
 
