@@ -34,11 +34,13 @@ from cluster.power_trace import PowerTrace, power_at
 from cluster.records import ReplicaHeartbeat, RequestRecord, TelemetrySnapshot, pool_key, rank_id
 from cluster.spec import REPLAYED_POWER, ClusterSpec, ConstantPower
 from router.admission import AdmissionControl, Overloaded
-from router.replica_choice import ReplicaLoad, rank_for_decode, rank_for_prefill
+from router.replica_choice import ReplicaLoad, rank_for_decode
 from router.site_router import SPILL_SHARE_OF_TTFT, SiteLoad, SitePower, choose_site
 from simulator.control import SimController
 from simulator.cost_model import BatchShape, CostModel, Network
 from simulator.events import EventLoop, Kind
+from simulator.percentile import percentile_sorted
+from simulator.prefill_index import LeastQueuedReplicas
 from simulator.replica import Accounting, BaseReplica, SimReplica, VisionReplica
 from simulator.request import SimRequest
 from simulator.workload import TraceRequest
@@ -133,6 +135,8 @@ class SimCluster:
         self.shares: dict[str, dict[str, float]] = {c.name: {s: 1.0 for s in self.sites} for c in spec.qos_classes}
         self.requests: list[SimRequest] = []
         self.backlog: dict[tuple[str, str], deque[SimRequest]] = defaultdict(deque)
+        # (pool, site) -> its accepting LLM replicas by load, for the prefill ranking's first
+        self._least_queued: dict[tuple[str, str], LeastQueuedReplicas] = defaultdict(LeastQueuedReplicas)
         self.records: deque[RequestRecord] = deque()
         self.last_change: dict[str, float] = {}
         self.samples: list[dict] = []
@@ -183,11 +187,19 @@ class SimCluster:
                 budget = max(self.spec.engine.chunk_size, self.options.tokens_per_image)
             replica = SimReplica(**common, engine=self.engine_configs[stage], max_model_len=self.max_model_len,
                                  encodes_images="vision" not in self.pools, encoder_budget_tokens=budget)
+            replica.on_load_change = self._least_queued[(pool, site.name)].changed
         site.replicas[pool].append(replica)
         self._all_replicas.append(replica)
         if cold:
             self.loop.after(self.options.cold_start_s, Kind.SCALE, self._ready, replica)
+        else:
+            self._accepting(pool, replica)
         return replica
+
+    def _accepting(self, pool: str, replica: BaseReplica) -> None:
+        """A replica takes work from now on: LLM replicas join their pool's index by load."""
+        if isinstance(replica, SimReplica):
+            self._least_queued[(pool, replica.site)].add(replica)
 
     def _ready(self, replica: BaseReplica) -> None:
         if not replica.alive:
@@ -196,6 +208,7 @@ class SimCluster:
         site = self.sites[replica.site]
         self._follow_modes(site, self.rounds[-1].replica_modes if self.rounds else {})
         pool = self._pool_of(replica)
+        self._accepting(pool, replica)
         self._flush_backlog(pool, replica.site)
         replica._kick()
 
@@ -301,29 +314,27 @@ class SimCluster:
         return self.sites[best.site]
 
     def _route(self, pool: str, site: SiteState, req: SimRequest) -> None:
-        replicas = [r for r in site.replicas.get(pool, ()) if r.accepting]
-        if not replicas:
+        stage = self.pools[pool].stage
+        if stage == "vision":
+            replicas = [r for r in site.replicas.get(pool, ()) if r.accepting]
+            replica = min(replicas, key=lambda r: (r.queued_images, r.replica_id)) if replicas else None
+        else:
+            replica = self._rank_prefill(pool, site, req)
+        if replica is None:
             if not site.alive(pool):
                 return self._fail(req, "failed", f"no {pool} replica at {site.name}")
             self.backlog[(pool, site.name)].append(req)  # replicas are starting: the router's queue holds it
             return
-        stage = self.pools[pool].stage
-        if stage == "vision":
-            replica = min(replicas, key=lambda r: (r.queued_images, r.replica_id))
-        else:
-            replica = self._rank_prefill(replicas, req)
-            if not replica.fits(req):
-                return self._fail(req, "rejected", "prompt does not fit the replica's context")
+        if stage != "vision" and not replica.fits(req):
+            return self._fail(req, "rejected", "prompt does not fit the replica's context")
         req.stages.append(stage)
         replica.add(req)
 
-    def _rank_prefill(self, replicas: list[BaseReplica], req: SimRequest) -> SimReplica:
-        loads = [ReplicaLoad(r.replica_id, r.queued_prefill_tokens, r.num_running, r.num_waiting,
-                             r.block_manager.num_free_blocks, r.block_manager.num_blocks) for r in replicas]
-        e = self.spec.engine
-        best = rank_for_prefill(loads, (), req.prompt_tokens, affinity_tokens_per_block=e.block_size,
-                                block_size=e.block_size, imbalance_tokens=4 * e.chunk_size)[0]
-        return next(r for r in replicas if r.replica_id == best)
+    def _rank_prefill(self, pool: str, site: SiteState, req: SimRequest) -> SimReplica | None:
+        """`rank_for_prefill`'s first among the pool's accepting replicas at the site (None:
+        none accepts). Simulated prompts have no prefix hashes, so that is the least queued
+        replica, kept by an index (`simulator.prefill_index`) instead of ranking them all."""
+        return self._least_queued[(pool, site.name)].best()
 
     def _flush_backlog(self, pool: str, site_name: str) -> None:
         queue = self.backlog.get((pool, site_name))
@@ -393,9 +404,9 @@ class SimCluster:
         self._check_done()
 
     def _record(self, req: SimRequest) -> None:
-        gaps = req.gaps
-        p50 = float(np.percentile(gaps, 50)) if gaps else None
-        p99 = float(np.percentile(gaps, 99)) if gaps else None
+        gaps = sorted(req.gaps)
+        p50 = percentile_sorted(gaps, 50) if gaps else None
+        p99 = percentile_sorted(gaps, 99) if gaps else None
         outcome = {"ok": "ok", "rejected": "rejected"}.get(req.outcome, "error")
         self.records.append(RequestRecord(req.request_id, req.trace.qos_class, req.site or "", ">".join(req.stages),
                                           req.ttft_s, p50, p99, req.prompt_tokens, req.tokens, outcome, self.loop.now,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from autoscaler.round import Observation, RoundMemory, RoundResult, RoundSettings, plan_round
+from simulator.mode_ranking import fast_mode_assignment
 
 
 class SimController:
@@ -18,7 +19,8 @@ class SimController:
         self.results: list[RoundResult] = []
 
     def round(self, observation: Observation) -> RoundResult:
-        result = plan_round(observation, self.memory, self.settings)
+        with fast_mode_assignment():  # the same modes, ranked in one sort (simulator/mode_ranking.py)
+            result = plan_round(observation, self.memory, self.settings)
         self.memory = result.memory
         self.results.append(result)
         return result

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from cluster.spec import ClusterSpec
+from simulator.percentile import percentile
 from simulator.request import SimRequest
 
 
@@ -23,7 +24,7 @@ def meets_slo(req: SimRequest, ttft_s: float, tbt_s: float) -> bool:
     """Served, first token within the TTFT target, and the request's P99 gap within the TBT target."""
     if req.outcome != "ok" or req.ttft_s is None or req.ttft_s > ttft_s:
         return False
-    return not req.gaps or float(np.percentile(req.gaps, 99)) <= tbt_s
+    return not req.gaps or percentile(req.gaps, 99) <= tbt_s
 
 
 def summarize(requests: Sequence[SimRequest], spec: ClusterSpec, duration_s: float | None = None) -> dict[str, Any]:
@@ -75,7 +76,7 @@ def cluster_report(cluster) -> dict[str, Any]:
 def per_request_rows(requests: Sequence[SimRequest]) -> list[dict[str, Any]]:
     return [
         {"id": r.request_id, "class": r.trace.qos_class, "site": r.site, "arrival_s": r.arrival_s, "outcome": r.outcome,
-         "ttft_s": r.ttft_s, "tbt_p99_s": float(np.percentile(r.gaps, 99)) if r.gaps else None, "e2e_s": r.e2e_s,
+         "ttft_s": r.ttft_s, "tbt_p99_s": percentile(r.gaps, 99) if r.gaps else None, "e2e_s": r.e2e_s,
          "prompt_tokens": r.prompt_tokens, "output_tokens": r.tokens, "images": r.trace.num_images}
         for r in requests
     ]
@@ -102,7 +103,7 @@ def plot_run(requests: Sequence[SimRequest], samples: list[dict], sites: Sequenc
     b.set_xlabel("simulated hours")
     b.legend(loc="upper right", fontsize=7)
     ok = [r for r in requests if r.outcome == "ok"]
-    for label, values in (("TTFT", [r.ttft_s for r in ok]), ("P99 TBT per request", [float(np.percentile(r.gaps, 99)) for r in ok if r.gaps])):
+    for label, values in (("TTFT", [r.ttft_s for r in ok]), ("P99 TBT per request", [percentile(r.gaps, 99) for r in ok if r.gaps])):
         if values:
             v = np.sort(values)
             c.plot(v, np.arange(1, len(v) + 1) / len(v), label=label)

@@ -14,14 +14,15 @@ A `VisionReplica` is a vision-pool replica: images in, one request at a time, FI
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol
 
 from simulator.cost_model import CostModel, shape_of
+from simulator.counting_blocks import block_manager_for
 from simulator.events import EventLoop, Kind
 from simulator.request import SimRequest
-from workers.engine.block_manager import BlockManager
 from workers.engine.config import EngineConfig
 from workers.engine.postprocess import StopRule, advance
 from workers.engine.sampling import SamplingParams
@@ -127,7 +128,7 @@ class SimReplica(BaseReplica):
         cfg = self.engine
         capacity = cfg.num_kv_blocks * cfg.block_size
         self.max_model_len = min(self.max_model_len or capacity, capacity)
-        self.block_manager = BlockManager(cfg.num_kv_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.block_manager = block_manager_for(cfg.num_kv_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = make_scheduler(
             cfg.policy, self.block_manager, chunk_size=cfg.chunk_size, max_num_seqs=cfg.max_num_seqs,
             max_model_len=self.max_model_len,
@@ -142,6 +143,9 @@ class SimReplica(BaseReplica):
         self._queued_prefill = 0
         self._counted: dict[str, int] = {}
         self.last_batch: ScheduledBatch | None = None
+        self._stop_rule = StopRule(self.max_model_len, prefill_only=self.stage == "prefill")
+        # Told whenever `queued_prefill_tokens` changes: the router's index of replicas by load.
+        self.on_load_change: Callable[[SimReplica], None] | None = None
 
     # -- load, as routing stats and heartbeats report it ------------------------------------------
     @property
@@ -170,6 +174,7 @@ class SimReplica(BaseReplica):
         self.requests[req.request_id] = req
         if self.encodes_images and req.trace.num_images:
             self._encode_queue.append(req)
+            self._load_changed()
         else:
             self._enqueue(req, self._prompt_sequence(req))
         self._kick()
@@ -220,11 +225,18 @@ class SimReplica(BaseReplica):
         else:
             new = 0
         old = self._counted.get(seq.request_id, 0)
+        if new == old:
+            return
         self._queued_prefill += new - old
         if new:
             self._counted[seq.request_id] = new
         else:
-            self._counted.pop(seq.request_id, None)
+            del self._counted[seq.request_id]
+        self._load_changed()
+
+    def _load_changed(self) -> None:
+        if self.on_load_change is not None:
+            self.on_load_change(self)
 
     # -- the loop ------------------------------------------------------------------------------------
     def _kick(self) -> None:
@@ -238,6 +250,7 @@ class SimReplica(BaseReplica):
             for req in encoded:
                 req.stages.append("vision")
                 self._enqueue(req, self._prompt_sequence(req))
+            self._load_changed()
         batch = self.scheduler.schedule()
         for rid in batch.preempted:
             self._recount(self._seqs[rid])
@@ -260,7 +273,7 @@ class SimReplica(BaseReplica):
         now = self.loop.now
         self.busy = False
         # The engine's own post-processing step; only the sampled token is made up.
-        rule = StopRule(self.max_model_len, prefill_only=self.stage == "prefill")
+        rule = self._stop_rule
         sampled = {c.seq.request_id: _SIM_TOKEN for c in batch.chunks if c.samples}
         for step in advance(batch, sampled, rule, self.block_manager):
             req = self.requests[step.request_id]
@@ -293,6 +306,7 @@ class SimReplica(BaseReplica):
         self._counted.clear()
         self._queued_prefill = 0
         self.busy = False
+        self._load_changed()
         return lost
 
 
