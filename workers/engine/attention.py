@@ -1,12 +1,17 @@
-"""Attention over the paged KV cache for a batch that mixes decodes and prefill chunks.
+"""Attention for a batch that mixes decodes and prefill chunks, over per-sequence KV regions.
 
-The batch's tokens are laid out decodes first, then prefill chunks. New keys and values are
-written into their cache slots first; then each query attends to its sequence's whole context
-gathered from the cache block by block (`index_select` of whole blocks copies contiguous
-memory, about three times faster on a CPU than gathering token rows). Decodes are attended
-together (one padded SDPA call); each prefill chunk is attended on its own with a causal mask
-offset by the tokens already computed. Decodes are grouped by context length so that short
-contexts are not padded to the longest one.
+The batch's tokens are laid out decodes first (in the order of their region rows), then
+prefill chunks. New keys and values are written twice: into the paged store (the cache that
+prefix sharing, preemption and hand-offs account in) and into each sequence's contiguous
+region (`workers.engine.kv_cache`). Attention reads only regions, as views: nothing is
+gathered per step.
+
+- Decodes are attended in one call over the rows their regions span, `region[lo:hi, :, :width]`,
+  with a mask ending each row at its own length. Grouped-query heads are folded into query
+  rows (the query heads sharing a KV head become rows of one [g, head_dim] query), so each KV
+  head is read once per step instead of once per query head.
+- A prefill chunk attends alone, with a causal mask offset by the tokens computed before it;
+  a chunk that starts its sequence attends only to itself and reads no cache.
 """
 
 from __future__ import annotations
@@ -18,73 +23,91 @@ import torch.nn.functional as F
 
 
 @dataclass(slots=True)
+class DecodeBatch:
+    """The step's decodes, which are the batch's first `count` tokens."""
+
+    count: int
+    lo: int  # the region rows spanned, [lo, hi)
+    hi: int
+    scatter: torch.Tensor | None  # each decode's row - lo; None when the decodes are rows lo..hi-1 in order
+    width: int  # the longest decode context
+    mask: torch.Tensor  # [hi - lo, 1, 1, width] bool, True = attend
+
+
+@dataclass(slots=True)
 class PrefillSpan:
     token_offset: int  # where the chunk's tokens start in the batch
     num_tokens: int
     context_len: int  # tokens attended: those computed before and the chunk itself
-    block_table: torch.Tensor  # [blocks] covering the context
-    causal_mask: torch.Tensor | None  # [num_tokens, context_len] bool, None when plain causal
-
-
-@dataclass(slots=True)
-class DecodeGroup:
-    """Decodes of similar context length, attended in one padded call."""
-
-    first: int  # index of the group's first token in the batch
-    count: int
-    block_tables: torch.Tensor  # [count, max_blocks], padded with block 0
-    mask: torch.Tensor  # [count, 1, 1, max_blocks * block_size] bool, True = attend
+    row: int  # the sequence's region row
+    causal_mask: torch.Tensor | None  # [num_tokens, context_len] bool, None when the chunk starts the sequence
 
 
 @dataclass(slots=True)
 class AttentionMetadata:
-    block_size: int
-    slot_mapping: torch.Tensor  # [num_tokens] cache slot of every new token
-    decode_groups: list[DecodeGroup]
+    slot_mapping: torch.Tensor  # [num_tokens] paged-store slot of every new token
+    region_rows: torch.Tensor  # [num_tokens] region row of every new token
+    positions: torch.Tensor  # [num_tokens] its position, the column in its region
+    decodes: DecodeBatch | None
     prefills: list[PrefillSpan]
 
 
-def gather_blocks(cache: torch.Tensor, block_ids: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Whole blocks of a [slots, kv_heads, head_dim] cache: [len(block_ids) * block_size, kv_heads, head_dim]."""
-    slots, kv_heads, head_dim = cache.shape
-    blocks = cache.view(slots // block_size, block_size * kv_heads * head_dim)
-    return blocks.index_select(0, block_ids).view(-1, kv_heads, head_dim)
+@dataclass(slots=True)
+class LayerKV:
+    """One layer's keys and values: the paged store [slots, kv_heads, head_dim] and the
+    regions [rows, kv_heads, max_model_len, head_dim]."""
+
+    k_paged: torch.Tensor
+    v_paged: torch.Tensor
+    k_region: torch.Tensor
+    v_region: torch.Tensor
 
 
-def paged_attention(
-    q: torch.Tensor,  # [T, H, D]
-    k: torch.Tensor,  # [T, KVH, D]
-    v: torch.Tensor,  # [T, KVH, D]
-    k_cache: torch.Tensor,  # [num_slots, KVH, D]
-    v_cache: torch.Tensor,
-    meta: AttentionMetadata,
-    scale: float,
-    block_size: int,
-) -> torch.Tensor:
-    k_cache.index_copy_(0, meta.slot_mapping, k)
-    v_cache.index_copy_(0, meta.slot_mapping, v)
-    out = torch.empty_like(q)
+def write_kv(k: torch.Tensor, v: torch.Tensor, kv: LayerKV, meta: AttentionMetadata) -> None:
+    kv.k_paged.index_copy_(0, meta.slot_mapping, k)
+    kv.v_paged.index_copy_(0, meta.slot_mapping, v)
+    kv.k_region[meta.region_rows, :, meta.positions] = k
+    kv.v_region[meta.region_rows, :, meta.positions] = v
+
+
+def attend_decodes(q: torch.Tensor, kv: LayerKV, d: DecodeBatch, scale: float) -> torch.Tensor:
+    """[count, H, D] outputs of the decodes' queries [count, H, D]."""
+    kv_heads, head_dim = kv.k_region.shape[1], kv.k_region.shape[3]
+    query = q.view(d.count, kv_heads, -1, head_dim)  # query heads grouped by the KV head they share
+    if d.scatter is not None:
+        spread = query.new_zeros(d.hi - d.lo, *query.shape[1:])
+        spread[d.scatter] = query
+        query = spread
+    keys = kv.k_region[d.lo : d.hi, :, : d.width]
+    values = kv.v_region[d.lo : d.hi, :, : d.width]
+    o = F.scaled_dot_product_attention(query, keys, values, attn_mask=d.mask, scale=scale)
+    if d.scatter is not None:
+        o = o[d.scatter]
+    return o.reshape(d.count, -1, head_dim)
+
+
+def attend_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: LayerKV, span: PrefillSpan, scale: float) -> torch.Tensor:
+    """[n, H, D] outputs of one prefill chunk's queries."""
     gqa = q.shape[1] != k.shape[1]
-    for group in meta.decode_groups:
-        sl = slice(group.first, group.first + group.count)
-        tables = group.block_tables.reshape(-1)
-        keys = gather_blocks(k_cache, tables, block_size).view(group.count, -1, *k.shape[1:]).transpose(1, 2)  # [n, KVH, C, D]
-        values = gather_blocks(v_cache, tables, block_size).view(group.count, -1, *v.shape[1:]).transpose(1, 2)
-        query = q[sl].unsqueeze(2)  # [n, H, 1, D]
-        o = F.scaled_dot_product_attention(query, keys, values, attn_mask=group.mask, scale=scale, enable_gqa=gqa)
-        out[sl] = o.squeeze(2)
+    if span.causal_mask is None:
+        keys, values = k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0)
+    else:
+        keys = kv.k_region[span.row, :, : span.context_len].unsqueeze(0)  # [1, KVH, C, D]
+        values = kv.v_region[span.row, :, : span.context_len].unsqueeze(0)
+    query = q.transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
+    o = F.scaled_dot_product_attention(
+        query, keys, values, attn_mask=span.causal_mask, is_causal=span.causal_mask is None, scale=scale, enable_gqa=gqa
+    )
+    return o.squeeze(0).transpose(0, 1)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: LayerKV, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """q [T, H, D], k and v [T, KVH, D] of the batch's new tokens → [T, H, D]."""
+    write_kv(k, v, kv, meta)
+    out = torch.empty_like(q)
+    if meta.decodes is not None:
+        out[: meta.decodes.count] = attend_decodes(q[: meta.decodes.count], kv, meta.decodes, scale)
     for span in meta.prefills:
         sl = slice(span.token_offset, span.token_offset + span.num_tokens)
-        if span.causal_mask is None:
-            # A chunk that starts the sequence attends only to itself: no need to read the cache.
-            keys, values = k[sl].transpose(0, 1).unsqueeze(0), v[sl].transpose(0, 1).unsqueeze(0)
-        else:
-            c = span.context_len
-            keys = gather_blocks(k_cache, span.block_table, block_size)[:c].transpose(0, 1).unsqueeze(0)  # [1, KVH, C, D]
-            values = gather_blocks(v_cache, span.block_table, block_size)[:c].transpose(0, 1).unsqueeze(0)
-        query = q[sl].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
-        o = F.scaled_dot_product_attention(
-            query, keys, values, attn_mask=span.causal_mask, is_causal=span.causal_mask is None, scale=scale, enable_gqa=gqa
-        )
-        out[sl] = o.squeeze(0).transpose(0, 1)
+        out[sl] = attend_prefill(q[sl], k[sl], v[sl], kv, span, scale)
     return out

@@ -1,5 +1,6 @@
-"""Executes one `ScheduledBatch`: builds the flat inputs, runs the model over the paged cache,
-samples the next token of every sequence whose chunk reached its end."""
+"""Executes one `ScheduledBatch`: builds the flat inputs, runs the model over the KV cache (the
+paged store and each running sequence's contiguous region, `workers.engine.kv_cache`), samples
+the next token of every sequence whose chunk reached its end."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workers.engine.attention import AttentionMetadata, DecodeGroup, PrefillSpan
+from workers.engine.attention import AttentionMetadata, DecodeBatch, LayerKV, PrefillSpan
 from workers.engine.config import EngineConfig
+from workers.engine.kv_cache import SequenceRegions
 from workers.engine.model_config import ModelConfig
 from workers.engine.models.llama import LlamaModel
 from workers.engine.outputs import TokenLogprob
@@ -41,13 +43,21 @@ class ModelRunner:
         num_slots = config.num_kv_blocks * config.block_size
         shape = (num_slots, model_config.num_kv_heads, model_config.head_dim)
         self.kv_caches = [(torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)) for _ in range(model_config.num_layers)]
+        capacity = config.num_kv_blocks * config.block_size
+        max_model_len = min(config.max_model_len or capacity, model_config.max_position_embeddings, capacity)
+        self.regions = SequenceRegions(
+            model_config.num_layers, config.max_num_seqs, max_model_len, model_config.num_kv_heads, model_config.head_dim, dtype
+        )
+        self.layer_kv = [LayerKV(k, v, kr, vr) for (k, v), (kr, vr) in zip(self.kv_caches, self.regions.layers)]
 
     # -- cache addressing -------------------------------------------------------------------
     def slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
         """Cache slots of token positions [start, end) of a sequence."""
-        positions = torch.arange(start, end)
-        table = torch.tensor(seq.block_table, dtype=torch.long)
-        return table[positions // self.block_size] * self.block_size + positions % self.block_size
+        return torch.tensor(self.slot_list(seq, start, end), dtype=torch.long)
+
+    def slot_list(self, seq: Sequence, start: int, end: int) -> list[int]:
+        bs, table = self.block_size, seq.block_table
+        return [table[p // bs] * bs + p % bs for p in range(start, end)]
 
     @torch.inference_mode()
     def export_kv(self, seq: Sequence) -> torch.Tensor:
@@ -69,39 +79,16 @@ class ModelRunner:
 
         `grammar_masks` holds, by request id, the tokens each constrained sequence's grammar
         allows next (bool [vocab]); the engine computes them before the step."""
-        # decodes first, shortest context first (for grouping), then prefill chunks
-        chunks = sorted(batch.chunks, key=lambda c: (not c.is_decode, c.start if c.is_decode else 0))
-        bs = self.block_size
-        token_ids: list[int] = []
-        positions: list[torch.Tensor] = []
-        slot_mapping: list[torch.Tensor] = []
-        decode_tables: list[torch.Tensor] = []
-        decode_lengths: list[int] = []
-        prefills: list[PrefillSpan] = []
-        for c in chunks:
-            seq, end = c.seq, c.start + c.num_tokens
-            token_ids.extend(seq.token_ids[c.start : end])
-            positions.append(torch.arange(c.start, end))
-            slot_mapping.append(self.slots(seq, c.start, end))
-            table = torch.tensor(seq.block_table[: -(-end // bs)], dtype=torch.long)
-            if c.is_decode:
-                decode_tables.append(table)
-                decode_lengths.append(end)
-            else:
-                mask = None
-                if c.start > 0:
-                    mask = torch.arange(end)[None, :] <= torch.arange(c.start, end)[:, None]
-                prefills.append(PrefillSpan(len(token_ids) - c.num_tokens, c.num_tokens, end, table, mask))
-        meta = AttentionMetadata(
-            block_size=bs,
-            slot_mapping=torch.cat(slot_mapping),
-            decode_groups=self._group_decodes(decode_tables, decode_lengths),
-            prefills=prefills,
-        )
+        rows = self.regions.assign([(c.seq, c.start) for c in batch.chunks], self.kv_caches, self.slots)
+        row_of = {c.seq.request_id: r for c, r in zip(batch.chunks, rows)}
+        # decodes first in the order of their region rows, then prefill chunks
+        chunks = sorted(batch.chunks, key=lambda c: (not c.is_decode, row_of[c.seq.request_id]))
+        meta, token_ids, positions = self._metadata(chunks, [row_of[c.seq.request_id] for c in chunks])
 
         hidden = self.model.embed_tokens(torch.tensor(token_ids, dtype=torch.long))
         self._insert_multimodal(hidden, chunks)
-        hidden = self.model(hidden, torch.cat(positions), meta, self.kv_caches)
+        hidden = self.model(hidden, positions, meta, self.layer_kv)
+        self.regions.advance([(c.seq, c.start + c.num_tokens) for c in chunks])
 
         result = StepResult(prompt_logprobs=self._prompt_logprobs(hidden, chunks))
         sampling = [(i, c) for i, c in enumerate(chunks) if c.samples]
@@ -151,21 +138,55 @@ class ModelRunner:
             first += n
         return out
 
-    def _group_decodes(self, tables: list[torch.Tensor], lengths: list[int]) -> list[DecodeGroup]:
-        """Split decodes (sorted by context length) into groups whose padding stays small:
-        a new group starts when the padded width would exceed twice the group's shortest."""
-        groups: list[DecodeGroup] = []
-        first = 0
-        while first < len(tables):
-            end = first + 1
-            while end < len(tables) and len(tables[end]) <= 2 * len(tables[first]) + 1:
-                end += 1
-            padded = torch.nn.utils.rnn.pad_sequence(tables[first:end], batch_first=True)
-            width = padded.shape[1] * self.block_size
-            mask = torch.arange(width)[None, :] < torch.tensor(lengths[first:end])[:, None]
-            groups.append(DecodeGroup(first, end - first, padded, mask[:, None, None, :]))
-            first = end
-        return groups
+    def _metadata(self, chunks: list[ScheduledChunk], rows: list[int]) -> tuple[AttentionMetadata, list[int], torch.Tensor]:
+        """The batch's flat inputs and attention metadata, built from plain Python lists
+        (one tensor per field, not one per sequence)."""
+        token_ids: list[int] = []
+        positions: list[int] = []
+        slot_mapping: list[int] = []
+        token_rows: list[int] = []
+        decode_rows: list[int] = []
+        decode_lengths: list[int] = []
+        prefills: list[PrefillSpan] = []
+        for c, row in zip(chunks, rows):
+            seq, end = c.seq, c.start + c.num_tokens
+            token_ids.extend(seq.token_ids[c.start : end])
+            positions.extend(range(c.start, end))
+            slot_mapping.extend(self.slot_list(seq, c.start, end))
+            token_rows.extend([row] * c.num_tokens)
+            if c.is_decode:
+                decode_rows.append(row)
+                decode_lengths.append(end)
+            else:
+                mask = None
+                if c.start > 0:
+                    mask = torch.arange(end)[None, :] <= torch.arange(c.start, end)[:, None]
+                prefills.append(PrefillSpan(len(token_ids) - c.num_tokens, c.num_tokens, end, row, mask))
+        positions_t = torch.tensor(positions, dtype=torch.long)
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slot_mapping, dtype=torch.long),
+            region_rows=torch.tensor(token_rows, dtype=torch.long),
+            positions=positions_t,
+            decodes=self._decode_batch(decode_rows, decode_lengths),
+            prefills=prefills,
+        )
+        return meta, token_ids, positions_t
+
+    @staticmethod
+    def _decode_batch(rows: list[int], lengths: list[int]) -> DecodeBatch | None:
+        """One padded call over the region rows the decodes span; rows in that span that
+        decode nothing this step (a sequence mid-prompt) attend to one position, unused."""
+        if not rows:
+            return None
+        lo, hi = rows[0], rows[-1] + 1
+        span = [1] * (hi - lo)
+        for r, n in zip(rows, lengths):
+            span[r - lo] = n
+        width = max(lengths)
+        mask = torch.arange(width)[None, :] < torch.tensor(span)[:, None]
+        dense = hi - lo == len(rows)
+        scatter = None if dense else torch.tensor([r - lo for r in rows], dtype=torch.long)
+        return DecodeBatch(len(rows), lo, hi, scatter, width, mask[:, None, None, :])
 
     @staticmethod
     def _insert_multimodal(hidden: torch.Tensor, chunks: list[ScheduledChunk]) -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.engine.attention import AttentionMetadata, paged_attention
+from workers.engine.attention import AttentionMetadata, LayerKV, attention
 from workers.engine.model_config import ModelConfig
 
 
@@ -60,7 +60,7 @@ class LlamaLayer(nn.Module):
         self.split = (q_out, kv_out, kv_out)
         self.scale = cfg.head_dim**-0.5
 
-    def forward(self, h, cos, sin, meta: AttentionMetadata, k_cache, v_cache):
+    def forward(self, h, cos, sin, meta: AttentionMetadata, kv: LayerKV):
         cfg = self.cfg
         x = rms_norm(h, self.input_norm, cfg.rms_norm_eps)
         q, k, v = self.qkv(x).split(self.split, dim=-1)
@@ -69,7 +69,7 @@ class LlamaLayer(nn.Module):
         v = v.view(-1, cfg.num_kv_heads, cfg.head_dim)
         q = q * cos + swap_halves(q) * sin
         k = k * cos + swap_halves(k) * sin
-        attn = paged_attention(q, k, v, k_cache, v_cache, meta, self.scale, meta.block_size)
+        attn = attention(q, k, v, kv, meta, self.scale)
         h = h + self.o_proj(attn.reshape(attn.shape[0], -1))
         x = rms_norm(h, self.post_attention_norm, cfg.rms_norm_eps)
         gate, up = self.gate_up(x).chunk(2, dim=-1)
@@ -92,11 +92,11 @@ class LlamaModel(nn.Module):
         hidden: torch.Tensor,  # [T, hidden] input embeddings
         positions: torch.Tensor,  # [T]
         meta: AttentionMetadata,
-        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        kv: list[LayerKV],
     ) -> torch.Tensor:
         cos, sin = self.rotary.cos_sin(positions, hidden.dtype)
-        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
-            hidden = layer(hidden, cos, sin, meta, k_cache, v_cache)
+        for layer, layer_kv in zip(self.layers, kv):
+            hidden = layer(hidden, cos, sin, meta, layer_kv)
         return hidden
 
     @torch.inference_mode()
