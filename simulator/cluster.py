@@ -75,6 +75,9 @@ class SimOptions:
     autoscaler_overrides: dict = field(default_factory=dict)  # AutoscalerConfig fields
     planner_overrides: dict = field(default_factory=dict)  # PlannerSettings fields
     qos_admission: bool = True  # admit as one ingress replica would (429s recorded as rejected)
+    # Steps that only decode taken in one event each run (`simulator.decode_run`); the same
+    # results either way, off only to check that.
+    decode_runs: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -186,7 +189,8 @@ class SimCluster:
             if budget is None:
                 budget = max(self.spec.engine.chunk_size, self.options.tokens_per_image)
             replica = SimReplica(**common, engine=self.engine_configs[stage], max_model_len=self.max_model_len,
-                                 encodes_images="vision" not in self.pools, encoder_budget_tokens=budget)
+                                 encodes_images="vision" not in self.pools, encoder_budget_tokens=budget,
+                                 decode_runs=self.options.decode_runs)
             replica.on_load_change = self._least_queued[(pool, site.name)].changed
         site.replicas[pool].append(replica)
         self._all_replicas.append(replica)
@@ -228,6 +232,8 @@ class SimCluster:
         self.loop.at(0.0, Kind.POWER, self._power_tick)
         end = (trace[-1].arrival_s if trace else 0.0) + drain_s
         self.loop.run(end, on_advance)
+        for r in self._all_replicas:
+            r.sync()
         self._sample()
         for req in self.requests:
             if req.outcome is None:
@@ -293,6 +299,8 @@ class SimCluster:
         rate = sum(r.speed for r in replicas) * self._prefill_rate
         queued = sum(r.queued_prefill_tokens for r in replicas)
         holders = [r for p in ("decode", "colocated") for r in site.replicas.get(p, ()) if r.accepting]
+        for r in holders:
+            r.sync()
         kv = sum(1 - r.block_manager.num_free_blocks / r.block_manager.num_blocks for r in holders) / len(holders) if holders else 0.0
         return SiteLoad(wait_s=queued / rate if rate > 0 else 0.0, kv_occupancy=kv)
 
@@ -373,6 +381,8 @@ class SimCluster:
         if req.outcome is not None:
             return
         replicas = [r for r in site.replicas.get("decode", ()) if r.accepting]
+        for r in replicas:
+            r.sync()
         if not replicas:
             if site.alive("decode"):
                 self.backlog[("decode", site.name)].append(req)
@@ -430,6 +440,9 @@ class SimCluster:
         while self.records and self.records[0].timestamp_s <= now - window:
             self.records.popleft()
         self._expire_backlog(now)
+        for r in self._all_replicas:
+            if r.alive and r.ready:
+                r.sync()
         heartbeats = [self._heartbeat(pool, r, interval, now)
                       for site in self.sites.values() for pool, replicas in site.replicas.items()
                       for r in replicas if r.alive and r.ready]
@@ -464,6 +477,8 @@ class SimCluster:
         reported = [rid for rid, _ in alive if rid in assigned]
         for rid, r in alive:
             mode = by_name[assigned[rid]] if rid in assigned else mode_for_replica(rid, reported, site.modes, counts)
+            if mode.throughput_fraction != r.speed:
+                r.sync()  # a decode run's later steps were timed at the old speed
             r.mode, r.power_w, r.speed = mode.name, mode.power_w, mode.throughput_fraction
 
     def _heartbeat(self, pool: str, r: BaseReplica, interval: float, now: float) -> ReplicaHeartbeat:

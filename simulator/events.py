@@ -32,6 +32,7 @@ class Kind(enum.IntEnum):
 class EventLoop:
     def __init__(self) -> None:
         self.now = 0.0
+        self.kind = Kind.SAMPLE  # the kind of the event running now (replicas' decode runs read it)
         self._heap: list[tuple[float, int, int, Callable[..., Any], tuple[Any, ...]]] = []
         self._order = itertools.count()
         self.events_run = 0
@@ -59,13 +60,15 @@ class EventLoop:
         heap = self._heap
         pop = heapq.heappop
         while heap and heap[0][0] <= until_s:
-            time_s, _, _, callback, args = pop(heap)
+            time_s, kind, _, callback, args = pop(heap)
             self.now = time_s
+            self.kind = kind
             callback(*args)
             self.events_run += 1
             if on_advance is not None and not self.events_run & 4095:
                 on_advance(time_s)
         if heap and math.isfinite(until_s) and until_s > self.now:
             self.now = until_s  # stopped by the horizon, not by running out of events
+        self.kind = Kind.SAMPLE  # whatever looks now comes after every event up to `now`
         if on_advance is not None:
             on_advance(self.now)

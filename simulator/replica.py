@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol
 
+from simulator import decode_run
 from simulator.cost_model import CostModel, shape_of
 from simulator.counting_blocks import block_manager_for
 from simulator.events import EventLoop, Kind
@@ -93,8 +94,12 @@ class BaseReplica:
     def accepting(self) -> bool:
         return self.alive and self.ready and not self.draining
 
+    def sync(self) -> None:
+        """Bring the replica's state up to the current time (see `SimReplica.sync`)."""
+
     def kill(self) -> list[SimRequest]:
         """Stop at once (power cut, removal); returns the requests it held, now lost."""
+        self.sync()
         self.alive = False
         self._generation += 1
         return self._drop_all()
@@ -123,6 +128,7 @@ class SimReplica(BaseReplica):
     max_model_len: int = 0
     encodes_images: bool = False  # monolithic: run the vision encoder inside iterations
     encoder_budget_tokens: int = 0  # monolithic: image tokens encoded per iteration at most (0: no bound)
+    decode_runs: bool = True  # take steps that only decode in one event (`simulator.decode_run`)
 
     def __post_init__(self) -> None:
         cfg = self.engine
@@ -146,6 +152,7 @@ class SimReplica(BaseReplica):
         self._stop_rule = StopRule(self.max_model_len, prefill_only=self.stage == "prefill")
         # Told whenever `queued_prefill_tokens` changes: the router's index of replicas by load.
         self.on_load_change: Callable[[SimReplica], None] | None = None
+        self._run: decode_run.DecodeRun | None = None
 
     # -- load, as routing stats and heartbeats report it ------------------------------------------
     @property
@@ -171,6 +178,7 @@ class SimReplica(BaseReplica):
     # -- requests in ---------------------------------------------------------------------------------
     def add(self, req: SimRequest) -> None:
         """A new request (colocated or prefill stage)."""
+        self.sync()
         self.requests[req.request_id] = req
         if self.encodes_images and req.trace.num_images:
             self._encode_queue.append(req)
@@ -181,6 +189,7 @@ class SimReplica(BaseReplica):
 
     def add_handoff(self, req: SimRequest) -> None:
         """A prefilled request whose KV has arrived (decode stage): one token to compute."""
+        self.sync()
         self.requests[req.request_id] = req
         n = req.prompt_tokens
         seq = Sequence(req.request_id, [0] * (n + 1), _params_for(req), self._next_index(), num_prompt_tokens=n,
@@ -265,7 +274,45 @@ class SimReplica(BaseReplica):
         self.last_batch = batch
         self._account(duration, sum(c.samples for c in batch.chunks), sum(r.trace.num_images for r in encoded),
                       batch.num_prefill_tokens, batch.num_decode_tokens)
-        self.loop.after(duration, Kind.COMPLETION, self._complete, batch, self._generation)
+        run = decode_run.plan(self, batch, duration, _SIM_TOKEN) if self.decode_runs and not encoded else None
+        if run is not None:
+            self._run = run
+            self.loop.at(run.times[-1], Kind.COMPLETION, self._end_run, run)
+        else:
+            self.loop.after(duration, Kind.COMPLETION, self._complete, batch, self._generation)
+
+    # -- decode runs (simulator.decode_run) --------------------------------------------------------
+    def sync(self) -> None:
+        """Carry out the steps of a decode run done by now and make the step in flight an
+        ordinary one; called before anything reads or changes this replica. At an instant where
+        a step completes, events that come before completions (power, scaling) see it still
+        running, as they would have."""
+        run = self._run
+        if run is None:
+            return
+        loop = self.loop
+        times, now = run.times, loop.now
+        done = run.done
+        if loop.kind > Kind.COMPLETION:
+            while done < run.steps - 1 and times[done] <= now:
+                done += 1
+        else:
+            while done < run.steps - 1 and times[done] < now:
+                done += 1
+        decode_run.materialize(self, run, done, _SIM_TOKEN)
+        self._run = None
+        batch = decode_run.batch_now(run)
+        self.last_batch = batch
+        loop.at(times[done], Kind.COMPLETION, self._complete, batch, run.generation)
+
+    def _end_run(self, run: decode_run.DecodeRun) -> None:
+        if run is not self._run:
+            return  # synced (its last step is an ordinary one now) or killed
+        self._run = None
+        decode_run.materialize(self, run, run.steps - 1, _SIM_TOKEN)
+        batch = decode_run.batch_now(run)
+        self.last_batch = batch
+        self._complete(batch, run.generation)
 
     def _complete(self, batch: ScheduledBatch, generation: int) -> None:
         if generation != self._generation:
@@ -297,6 +344,7 @@ class SimReplica(BaseReplica):
         del self.requests[seq.request_id]
 
     def _drop_all(self) -> list[SimRequest]:
+        self._run = None
         lost = list(self.requests.values())
         for seq in list(self._seqs.values()):
             self.scheduler.finish(seq, "abort")
