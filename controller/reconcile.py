@@ -55,17 +55,18 @@ def running_replicas(spec: ClusterSpec, app_name: str) -> dict[str, int]:
     return counts
 
 
-def site_nodes(spec: ClusterSpec) -> dict[str, SiteNodes]:
-    """For each site, the Ray nodes carrying its resource, alive and gone (Ray keeps a node
-    that left in its table, marked dead)."""
+def site_nodes(sites: list[str], nodes: list[dict[str, Any]], seen: dict[str, set[str]]) -> dict[str, SiteNodes]:
+    """For each site, the Ray nodes carrying its resource, alive and gone, from `ray.nodes()`.
+    Ray lists a node that left without its resources, so `seen` (site -> node ids) remembers
+    which nodes carried each site while they were alive; it is updated here."""
     from controller.app import site_resource
 
-    counts = {site.name: [0, 0] for site in spec.sites}
-    for node in ray.nodes():
-        for site, count in counts.items():
-            if node.get("Resources", {}).get(site_resource(site), 0) > 0:
-                count[0 if node.get("Alive") else 1] += 1
-    return {site: SiteNodes(live, gone) for site, (live, gone) in counts.items()}
+    alive = {n["NodeID"] for n in nodes if n.get("Alive")}
+    for node in nodes:
+        for site in sites:
+            if node.get("Alive") and node.get("Resources", {}).get(site_resource(site), 0) > 0:
+                seen.setdefault(site, set()).add(node["NodeID"])
+    return {site: SiteNodes(len(seen.get(site, set()) & alive), len(seen.get(site, set()) - alive)) for site in sites}
 
 
 class Reconciler:
@@ -92,6 +93,7 @@ class Reconciler:
         self.record_path = Path(record_path) if record_path else None
         self.last_result: RoundResult | None = None
         self.lost_sites: dict[str, str] = {}  # site -> why it is lost, as last recorded
+        self.site_node_ids: dict[str, set[str]] = {}  # site -> the Ray nodes seen carrying it
         self._memory_restored = False
 
     @property
@@ -173,7 +175,8 @@ class Reconciler:
     async def reconcile_once(self, now_s: float | None = None) -> Plan:
         now_s = now_s if now_s is not None else time.time()
         observation = await self.observe(now_s)
-        nodes = await asyncio.get_running_loop().run_in_executor(None, site_nodes, self.spec)
+        names = [site.name for site in self.spec.sites]
+        nodes = await asyncio.get_running_loop().run_in_executor(None, lambda: site_nodes(names, ray.nodes(), self.site_node_ids))
         result = await self.round(observation, nodes)
         return result.plan
 

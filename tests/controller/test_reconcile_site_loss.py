@@ -11,7 +11,7 @@ import pytest
 
 from cluster.records import TelemetrySnapshot
 from cluster.spec import ClusterSpec
-from controller.reconcile import Reconciler
+from controller.reconcile import Reconciler, site_nodes
 from router.site_view import SiteNodes
 
 pytestmark = [pytest.mark.redis]
@@ -47,3 +47,17 @@ async def test_a_lost_site_is_recorded_with_its_reason_once_and_its_return_too(r
     back = await a_round(reconciler, a=up, b=SiteNodes(live=1, gone=1))
     assert sorted(d.reason.split(":")[0] for d in back) == ["site b back", "site b back", "site b lost", "site b lost"]
     assert reconciler.lost_sites == {}
+
+
+def ray_node(node_id: str, alive: bool, **resources: float) -> dict:
+    """A node as `ray.nodes()` lists it: one that left keeps its id and loses its resources."""
+    return {"NodeID": node_id, "Alive": alive, "Resources": resources if alive else {}}
+
+
+def test_a_node_that_left_still_counts_for_the_site_it_carried():
+    seen: dict[str, set[str]] = {}
+    up = [ray_node("n1", True, **{"site.a": 1.0}), ray_node("n2", True, **{"site.b": 1.0}), ray_node("head", True, CPU=1.0)]
+    assert site_nodes(["a", "b"], up, seen) == {"a": SiteNodes(1, 0), "b": SiteNodes(1, 0)}
+    down = [up[0], ray_node("n2", False), up[2]]
+    assert site_nodes(["a", "b"], down, seen) == {"a": SiteNodes(1, 0), "b": SiteNodes(0, 1)}
+    assert site_nodes(["a", "b"], [up[0], up[2]], seen)["b"] == SiteNodes(0, 1)  # gone from the list altogether
