@@ -192,6 +192,7 @@ class SimCluster:
                                  encodes_images="vision" not in self.pools, encoder_budget_tokens=budget,
                                  decode_runs=self.options.decode_runs)
             replica.on_load_change = self._least_queued[(pool, site.name)].changed
+        replica.rank_id = rank_id(pool, site.name, replica.replica_id)  # its name among the site's replicas, for power modes
         site.replicas[pool].append(replica)
         self._all_replicas.append(replica)
         if cold:
@@ -473,10 +474,12 @@ class SimCluster:
         if counts is None or not site.modes:
             return
         by_name = {m.name: m for m in site.modes}
-        alive = [(rank_id(self._pool_of(r), site.name, r.replica_id), r) for r in site.alive()]
+        alive = [(r.rank_id, r) for r in site.alive()]
         reported = [rid for rid, _ in alive if rid in assigned]
         for rid, r in alive:
             mode = by_name[assigned[rid]] if rid in assigned else mode_for_replica(rid, reported, site.modes, counts)
+            if mode.name == r.mode and mode.power_w == r.power_w and mode.throughput_fraction == r.speed:
+                continue
             if mode.throughput_fraction != r.speed:
                 r.sync()  # a decode run's later steps were timed at the old speed
             r.mode, r.power_w, r.speed = mode.name, mode.power_w, mode.throughput_fraction

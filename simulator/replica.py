@@ -86,6 +86,7 @@ class BaseReplica:
     draining: bool = False  # takes no new work; removed once empty
     alive: bool = True
     busy: bool = False
+    rank_id: str = ""  # pool@site:replica_id, by which a site's replicas rank themselves for power modes
     acct: Accounting = field(default_factory=Accounting)
     total: Accounting = field(default_factory=Accounting)
     _generation: int = 0

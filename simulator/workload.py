@@ -198,3 +198,23 @@ def rescale_rate(requests: Sequence[TraceRequest], factor: float) -> list[TraceR
     if factor <= 0:
         raise WorkloadError(f"rate factor: must be > 0, got {factor}")
     return [replace(r, arrival_s=r.arrival_s / factor) for r in requests]
+
+
+def superpose(requests: Sequence[TraceRequest], copies: int) -> list[TraceRequest]:
+    """`copies` times the trace's rate over the trace's own span: copy k of every request
+    arrives k/copies of the span later, wrapped around to the start. The span's shape (its
+    busy and quiet stretches, thinned out by the shifts) and the lengths stay the trace's, where
+    `rescale_rate` would squeeze the same requests into a shorter span."""
+    if copies < 1:
+        raise WorkloadError(f"copies: must be >= 1, got {copies}")
+    if not requests:
+        return []
+    span = max(r.arrival_s for r in requests)
+    out = [replace(r, request_id=f"{r.request_id}.{k}", arrival_s=_wrapped(r.arrival_s + span * k / copies, span))
+           for k in range(copies) for r in requests]
+    out.sort(key=lambda r: r.arrival_s)
+    return out
+
+
+def _wrapped(t: float, span: float) -> float:
+    return t - span if t > span else t

@@ -1,6 +1,8 @@
 """Trace parsing (Azure with and without NumImages, BurstGPT), clear errors on bad CSVs, and the
 synthetic arrival processes."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -83,3 +85,14 @@ def test_images_classes_and_rescaling():
     assert faster[-1].arrival_s == pytest.approx(reqs[-1].arrival_s / 2)
     with pytest.raises(WorkloadError, match="image share"):
         attach_images(reqs, 1.5, None, seed=0)
+
+
+def test_superpose_multiplies_the_rate_over_the_same_span():
+    from simulator.workload import TraceRequest, superpose
+
+    reqs = [TraceRequest(f"r{i}", float(t), 10 + i, 5) for i, t in enumerate((0.0, 1.0, 4.0, 10.0))]
+    out = superpose(reqs, 4)
+    assert len(out) == 16 and len({r.request_id for r in out}) == 16
+    assert all(0.0 <= r.arrival_s <= 10.0 for r in out) and [r.arrival_s for r in out] == sorted(r.arrival_s for r in out)
+    assert sorted(r.prompt_tokens for r in out) == sorted([r.prompt_tokens for r in reqs] * 4)
+    assert superpose(reqs, 1) == [replace(r, request_id=f"{r.request_id}.0") for r in reqs]
