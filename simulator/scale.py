@@ -13,6 +13,7 @@ process's peak up to then; its figures also sit at the top level of the JSON.
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from pathlib import Path
@@ -79,6 +80,7 @@ def run_point(name: str, replicas: int, rate: float, trace: list[TraceRequest], 
 
 def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
     cost = GpuCostModel.from_profiles("a100", "llama2-7b")
+    load_before = os.getloadavg()[0]
     points = [run_point(name, replicas, rate, trace, cost) for name, replicas, rate, trace in workloads(quick)]
     head = points[0]
     out = {"benchmark": "sim_scale", "quick": quick, "replicas": head["replicas"], "requests": head["requests"],
@@ -86,7 +88,9 @@ def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
            "goal": {"replicas": HEADLINE_REPLICAS, "simulated_s_per_wall_s": 100.0, "peak_memory_mb": 4096.0},
            "cost_model": cost.name, "trace": "azure:code", "points": points,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "machine": machine_info(), "command": command_line()}
+           "machine": machine_info(), "command": command_line(),
+           # wall time counts other processes' turns on a shared machine; cpu_s per point does not
+           "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]}}
     table = Table(title=f"Simulating azure:code ({cost.name})")
     for col in ("point", "replicas", "rate ×", "requests", "wall (s)", "CPU (s)", "simulated s / wall s", "events / wall s",
                 "peak MB", "TTFT p99 (s)", "TBT p99 (s)"):
