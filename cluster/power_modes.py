@@ -28,12 +28,10 @@ def cheapest_mode(modes: Sequence[Mode]) -> Mode:
     return min(modes, key=lambda m: (m.power_w, -m.throughput_fraction))
 
 
-def mode_for_replica(replica_id: str, live_replica_ids: Iterable[str], modes: Sequence[Mode], counts: Mapping[str, int]) -> Mode:
-    """The mode a replica runs in: replicas of a site sorted by id take the planned modes in
-    order of throughput (full clock first); replicas beyond the plan's count take the mode
-    drawing least power. Every replica of a site computes the same assignment on its own."""
-    ranked = sorted(set(live_replica_ids) | {replica_id})
-    rank = ranked.index(replica_id)
+def mode_at_rank(rank: int, modes: Sequence[Mode], counts: Mapping[str, int]) -> Mode:
+    """The mode of the replica at `rank` (0-based, by id) among its site's: the planned modes
+    in order of throughput (full clock first); beyond the plan's count, the mode drawing
+    least power."""
     for mode in sorted(modes, key=lambda m: (-m.throughput_fraction, m.power_w)):
         n = counts.get(mode.name, 0)
         if rank < n:
@@ -42,7 +40,13 @@ def mode_for_replica(replica_id: str, live_replica_ids: Iterable[str], modes: Se
     return cheapest_mode(modes)
 
 
+def mode_for_replica(replica_id: str, live_replica_ids: Iterable[str], modes: Sequence[Mode], counts: Mapping[str, int]) -> Mode:
+    """The mode a replica runs in, by its rank among its site's live replicas sorted by id.
+    Every replica of a site computes the same assignment on its own."""
+    return mode_at_rank(sorted(set(live_replica_ids) | {replica_id}).index(replica_id), modes, counts)
+
+
 def assign_modes(replica_ids: Iterable[str], modes: Sequence[Mode], counts: Mapping[str, int]) -> dict[str, Mode]:
-    """Every replica's mode at once: what each replica of the site computes for itself."""
-    ids = sorted(set(replica_ids))
-    return {r: mode_for_replica(r, ids, modes, counts) for r in ids}
+    """Every replica's mode at once, as each replica of the site computes it for itself: one
+    sort for the site rather than one per replica (a round at 1,024 replicas stays cheap)."""
+    return {r: mode_at_rank(rank, modes, counts) for rank, r in enumerate(sorted(set(replica_ids)))}

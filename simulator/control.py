@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from autoscaler.round import Observation, RoundMemory, RoundResult, RoundSettings, plan_round
-from simulator.mode_ranking import fast_mode_assignment
 
 
 class SimController:
@@ -19,8 +18,7 @@ class SimController:
         self.results: list[RoundResult] = []
 
     def round(self, observation: Observation) -> RoundResult:
-        with fast_mode_assignment():  # the same modes, ranked in one sort (simulator/mode_ranking.py)
-            result = plan_round(observation, self.memory, self.settings)
+        result = plan_round(observation, self.memory, self.settings)
         self.memory = result.memory
         self.results.append(result)
         return result
