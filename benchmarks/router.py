@@ -1,122 +1,102 @@
-"""`pavana bench router`: what the full HTTP path costs over calling the engine directly.
+"""`pavana bench router`: what the HTTP path costs over calling the pool directly, per ingress.
 
 A 1-token generation, so the engine's work is tiny and the path dominates: (a) through the
-OpenAI HTTP API (proxy ▸ ingress: auth, validation, tokenization ▸ colocated pool), against
-(b) the colocated pool's deployment handle called from the driver. Both in one run, on the
-same local Ray cluster and the same replica, at the same concurrency.
+OpenAI HTTP API (ingress: auth, validation, tokenization ▸ colocated pool), against (b) the
+colocated pool's deployment handle called from the driver, on the same cluster and replica.
+Each ingress mode (`controller/ingress_mode.py`: Ray Serve's proxy actors, or HAProxy in front
+of the ingress replicas) runs on a cluster of its own, started fresh in a child process since
+the mode is fixed when Ray starts; modes alternate, `repeats` times each.
+
+Reported per mode, each the median over its repeats with the spread:
+- `http_overhead_p50_ms_c1`: HTTP p50 minus handle p50 at concurrency 1 (goal ≤ 5 ms);
+- `http_overhead_p50_ms`: the same at concurrency 16;
+- `http_vs_direct_throughput`: HTTP requests/s over handle requests/s at 16 (goal ≥ 0.8).
+The top-level keys are the fastest mode's (by throughput at 16).
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import command_line, machine_info, percentile, run_from_command_line, write_json
-from benchmarks.local_serving import free_port
+from bench.common import command_line, machine_info, run_from_command_line, write_json
+from controller.ingress_mode import INGRESS_MODES, IngressUnavailable, check
 
 console = Console()
-API_KEY = "bench-key"
+KEYS = ("http_overhead_p50_ms_c1", "http_overhead_p50_ms", "http_vs_direct_throughput")
+GOALS = {"http_overhead_p50_ms_c1": ("≤", 5.0), "http_vs_direct_throughput": ("≥", 0.8)}
 
 
-async def _load(call, *, concurrency: int, total: int) -> tuple[list[float], float]:
-    """Run `total` calls from `concurrency` workers; latencies (s) and wall time (s)."""
-    latencies: list[float] = []
-    remaining = iter(range(total))
+def run_mode(mode: str, *, requests_c1: int, requests_c16: int) -> dict[str, Any]:
+    """One fresh cluster in a child process (`benchmarks/router_mode.py`) with `mode` set."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "mode.json"
+        command = [sys.executable, "-m", "benchmarks.router_mode", mode, str(requests_c1), str(requests_c16), str(out)]
+        done = subprocess.run(command, cwd=Path(__file__).resolve().parent.parent, env=os.environ.copy(), capture_output=True, text=True)
+        if done.returncode != 0 or not out.exists():
+            raise RuntimeError(f"ingress {mode}: the measuring process failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        return json.loads(out.read_text())
 
-    async def worker() -> None:
-        for i in remaining:
-            start = time.perf_counter()
-            await call(i)
-            latencies.append(time.perf_counter() - start)
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, time.perf_counter() - started
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of each key over the repeats, with min and max."""
+    out: dict[str, Any] = {"repeats": len(runs), "runs": runs}
+    for key in (*KEYS, "http_p50_ms_c1", "direct_p50_ms_c1", "http_requests_per_s", "direct_requests_per_s", "http_p50_ms", "direct_p50_ms"):
+        values = [r[key] for r in runs]
+        out[key] = statistics.median(values)
+        out[f"{key}_spread"] = [min(values), max(values)]
+    return out
 
 
 def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
-    import ray
-    from ray import serve
-
-    from cluster.spec import ClusterSpec
-    from controller.serving import start_serving
-    from workers.engine.default_model import ensure_default_model
-    from workers.engine.sampling import SamplingParams
-    from workers.requests import GenerateRequest
-
-    total = 200 if quick else 1000
-    concurrency = 16
-    with tempfile.TemporaryDirectory() as tmp:
-        model = ensure_default_model(Path(tmp))
-        spec = ClusterSpec.parse({
-            "model": {"path": str(model)},
-            "topology": "colocated",
-            "pools": {"colocated": {}},
-            "engine": {"num_threads": 1},
-            "http_port": free_port(),
-            "grpc_port": free_port(),
-            "api_keys": [API_KEY],
-            "telemetry_prefix": f"bench:{time.time_ns()}",
-        })
-        ray.init(address="local", num_cpus=4, resources={"site.local": 10}, include_dashboard=False, log_to_driver=False)
+    repeats = 1 if quick else 3
+    requests_c1, requests_c16 = (60, 200) if quick else (200, 800)
+    modes, skipped = [], {}
+    for mode in INGRESS_MODES:
         try:
-            start_serving(spec)
-            handle = serve.get_deployment_handle("colocated-local", app_name="pavana")
-            prompt_ids = [1, 72, 101, 108]
-            body = {"model": spec.model.name, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
-
-            async def run() -> dict[str, Any]:
-                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{spec.http_port}", timeout=60,
-                                             headers={"Authorization": f"Bearer {API_KEY}"}) as client:
-                    async def http_call(i: int) -> None:
-                        r = await client.post("/v1/completions", json=body)
-                        r.raise_for_status()
-
-                    async def direct_call(i: int) -> None:
-                        request = GenerateRequest(f"direct-{i}-{time.time_ns()}", prompt_ids, SamplingParams(max_tokens=1))
-                        async for _ in handle.options(stream=True).generate.remote(request):
-                            pass
-
-                    await _load(http_call, concurrency=concurrency, total=32)  # warm-up, excluded
-                    await _load(direct_call, concurrency=concurrency, total=32)
-                    http_lat, http_s = await _load(http_call, concurrency=concurrency, total=total)
-                    direct_lat, direct_s = await _load(direct_call, concurrency=concurrency, total=total)
-                    return {"http": (http_lat, http_s), "direct": (direct_lat, direct_s)}
-
-            measured = asyncio.run(run())
-        finally:
-            serve.shutdown()
-            ray.shutdown()
-    (http_lat, http_s), (direct_lat, direct_s) = measured["http"], measured["direct"]
-    result = {
-        "benchmark": "router",
-        "quick": quick,
-        "machine": machine_info(),
-        "command": command_line(),
-        "requests": total,
-        "concurrency": concurrency,
-        "http_requests_per_s": total / http_s,
-        "direct_requests_per_s": total / direct_s,
-        "http_p50_ms": percentile(http_lat, 50) * 1e3,
-        "http_p99_ms": percentile(http_lat, 99) * 1e3,
-        "direct_p50_ms": percentile(direct_lat, 50) * 1e3,
-        "direct_p99_ms": percentile(direct_lat, 99) * 1e3,
+            check(mode)
+            modes.append(mode)
+        except IngressUnavailable as exc:
+            skipped[mode] = str(exc)
+            console.print(f"[yellow]{exc}: not measured[/yellow]")
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    for r in range(repeats):
+        for mode in modes if r % 2 == 0 else reversed(modes):  # alternate which mode runs first
+            console.print(f"repeat {r + 1}/{repeats}: ingress {mode}")
+            runs[mode].append(run_mode(mode, requests_c1=requests_c1, requests_c16=requests_c16))
+    per_mode = {m: summarise(rs) for m, rs in runs.items()}
+    best = max(per_mode, key=lambda m: per_mode[m]["http_requests_per_s"])
+    result: dict[str, Any] = {
+        "benchmark": "router", "quick": quick, "machine": machine_info(), "command": command_line(),
+        "requests_c1": requests_c1, "requests_c16": requests_c16, "concurrency": 16, "repeats": repeats,
+        "modes": per_mode, "not_measured": skipped, "fastest_mode": best,
+        **{k: per_mode[best][k] for k in KEYS},
+        "http_requests_per_s": per_mode[best]["http_requests_per_s"], "direct_requests_per_s": per_mode[best]["direct_requests_per_s"],
     }
-    result["http_overhead_p50_ms"] = result["http_p50_ms"] - result["direct_p50_ms"]
-    table = Table(title=f"1-token generations, {total} requests at concurrency {concurrency}")
-    for col in ("path", "requests/s", "p50 (ms)", "p99 (ms)"):
-        table.add_column(col, justify="left" if col == "path" else "right")
-    table.add_row("HTTP (proxy ▸ ingress ▸ colocated pool)", f"{result['http_requests_per_s']:.1f}", f"{result['http_p50_ms']:.1f}", f"{result['http_p99_ms']:.1f}")
-    table.add_row("deployment handle ▸ colocated pool", f"{result['direct_requests_per_s']:.1f}", f"{result['direct_p50_ms']:.1f}", f"{result['direct_p99_ms']:.1f}")
+    table = Table(title=f"1-token generations: HTTP against the pool's handle, median of {repeats} (min–max)")
+    for col in ("ingress", "overhead p50 c=1 (ms)", "overhead p50 c=16 (ms)", "HTTP req/s c=16", "handle req/s c=16", "HTTP / handle"):
+        table.add_column(col, justify="left" if col == "ingress" else "right")
+    for mode, s in per_mode.items():
+        def cell(key: str, fmt: str) -> str:
+            lo, hi = s[f"{key}_spread"]
+            return f"{s[key]:{fmt}} ({lo:{fmt}}–{hi:{fmt}})"
+
+        table.add_row(mode, cell("http_overhead_p50_ms_c1", ".1f"), cell("http_overhead_p50_ms", ".1f"), cell("http_requests_per_s", ".0f"),
+                      cell("direct_requests_per_s", ".0f"), cell("http_vs_direct_throughput", ".2f"))
     console.print(table)
-    console.print(f"HTTP path overhead at the median: {result['http_overhead_p50_ms']:.1f} ms")
+    for key, (op, goal) in GOALS.items():
+        value = result[key]
+        met = value <= goal if op == "≤" else value >= goal
+        console.print(f"{key} ({best}): {value:.2f} (goal {op} {goal}: {'met' if met else 'not met'})")
     write_json(json_path, result)
     return result
 

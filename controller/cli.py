@@ -46,9 +46,11 @@ def up(
     record: Optional[Path] = typer.Option(None, "--record", help="append every control round (observation, memory, decisions) to this JSON-lines file"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Ray's and Serve's INFO lines and the replicas' output too"),
     host: str = typer.Option("127.0.0.1", "--host", help="interface the HTTP and gRPC APIs listen on (0.0.0.0: all; needs API keys)"),
+    ingress: str = typer.Option("auto", "--ingress", help="how requests reach the router: haproxy, proxy (Ray Serve's), or auto (HAProxy where found); local clusters only"),
 ) -> None:
     """Start Ray (local unless --address), deploy the spec's pools and router, serve until Ctrl-C."""
     from controller.logs import configure, ray_logs_dir
+    from controller.ingress_mode import IngressUnavailable, choose
     from controller.up import check_exposure, state_dir
     from controller.up import up as run_up
 
@@ -64,6 +66,7 @@ def up(
         else:
             console.print("  [yellow]API keys are off (--insecure)[/yellow]")
         console.print(f"  Dashboard   {endpoints.http_url.removesuffix('/v1')}/dashboard  (operator token {endpoints.operator_token})")
+        console.print(f"  Ingress     {endpoints.ingress}")
         console.print(f"  Logs        {log_file} (Pavana), {ray_logs_dir()} (Ray and the replicas)")
         console.print("Stop with Ctrl-C or `pavana down`.")
 
@@ -71,12 +74,14 @@ def up(
         cluster_spec = cluster_spec.model_copy(update={"redis_url": redis})
     try:
         check_exposure(host, insecure=insecure)
-    except ValueError as exc:
+        if not address:
+            choose(ingress)
+    except (ValueError, IngressUnavailable) as exc:
         console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
         raise typer.Exit(1) from None
     run_up(
         cluster_spec, address=address, insecure=insecure, on_ready=ready, record_path=record.resolve() if record else None,
-        verbose=verbose, host=host,
+        verbose=verbose, host=host, ingress=ingress,
     )
 
 

@@ -26,10 +26,15 @@ def address_on(host: str, address: str) -> str:
 
 
 def bind_grpc_proxy() -> None:
-    """The setup hook: from now on, this process's Serve gRPC server listens on $PAVANA_GRPC_HOST."""
+    """The setup hook: from now on, this process's Serve gRPC server listens on $PAVANA_GRPC_HOST
+    (and, with the HAProxy ingress, HAProxy's own pages on its frontends' host)."""
     host = os.environ.get(HOST_ENV)
     if not host:
         return
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        from controller.haproxy_host import bind_haproxy_pages
+
+        bind_haproxy_pages()
     from ray.serve._private import default_impl
 
     original = default_impl.add_grpc_address

@@ -38,6 +38,7 @@ class Endpoints:
     api_key: str | None
     redis_url: str
     operator_token: str | None = None
+    ingress: str = ""  # how requests reach the ingress replicas, and why
 
 
 def with_api_key(spec: ClusterSpec, *, insecure: bool) -> tuple[ClusterSpec, str | None]:
@@ -152,10 +153,13 @@ def check_exposure(host: str, *, insecure: bool) -> None:
         )
 
 
-def start_ray(spec: ClusterSpec, address: str | None, *, verbose: bool = False, host: str = LOOPBACK) -> None:
+def start_ray(spec: ClusterSpec, address: str | None, *, verbose: bool = False, host: str = LOOPBACK, ingress: str = "proxy") -> None:
     """Join `address`, or start an embedded local cluster whose single node carries every
-    site's custom resource, so all sites of the spec can be placed on one machine."""
+    site's custom resource, so all sites of the spec can be placed on one machine. `ingress`
+    (`controller/ingress_mode.py`) applies to an embedded cluster; a joined one keeps its own."""
     import ray
+
+    from controller import ingress_mode
 
     from router.limits import DEFAULT_LIMITS
 
@@ -171,6 +175,7 @@ def start_ray(spec: ClusterSpec, address: str | None, *, verbose: bool = False, 
     if address:
         ray.init(address=address, **options)
         return
+    ingress_mode.apply(ingress)
     pools_cpus = sum(p.num_cpus * p.max_replicas for p in spec.pools.values()) * len(spec.sites)
     ray.init(
         address="local",  # a cluster of its own, even where another one runs on this machine
@@ -190,10 +195,15 @@ def up(
     record_path=None,
     verbose: bool = False,
     host: str = LOOPBACK,
+    ingress: str = "auto",
 ) -> None:
     """Deploy and serve on `host` (HTTP and gRPC) until SIGINT/SIGTERM; then shut Serve (and
-    an embedded Ray) down."""
+    an embedded Ray) down. `ingress`: how requests reach the ingress replicas
+    (`controller/ingress_mode.py`; `auto` takes HAProxy where it is found)."""
+    from controller.ingress_mode import choose
+
     check_exposure(host, insecure=insecure)
+    mode, why = choose(ingress) if not address else ("the cluster's own", f"joined {address}")
     import ray
     from ray import serve
 
@@ -204,7 +214,7 @@ def up(
     spec = with_operator_token(spec)
     spec, redis_proc = ensure_redis(spec)
     spec = with_run_scope(spec)
-    start_ray(spec, address, verbose=verbose, host=host)
+    start_ray(spec, address, verbose=verbose, host=host, ingress=mode if not address else "proxy")  # `address`: not applied
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -218,6 +228,7 @@ def up(
             api_key=api_key,
             redis_url=spec.redis_url,
             operator_token=spec.operator_token,
+            ingress=f"{mode} ({why})",
         )
         state_dir().mkdir(parents=True, exist_ok=True)
         state_file().write_text(json.dumps({"pid": os.getpid(), "http_url": endpoints.http_url, "grpc_address": endpoints.grpc_address, "redis_url": spec.redis_url}))

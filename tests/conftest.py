@@ -66,6 +66,10 @@ def ray_cluster():
     from controller.grpc_host import runtime_env
     from controller.serving import GRPC_SERVICER_FUNCTIONS
 
+    from controller.ingress_mode import apply, choose
+
+    # The ingress `pavana up` would choose (HAProxy where found), unless PAVANA_TEST_INGRESS names one.
+    apply(choose(os.environ.get("PAVANA_TEST_INGRESS", "auto"))[0])
     instance = ServeInstance(free_port(), free_port())
     sites = {f"site.{name}": 100 for name in ("local", "a", "b")}
     # gRPC on the loopback interface, as `pavana up` serves it.
