@@ -21,16 +21,28 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
+import tempfile
 from collections.abc import MutableMapping
 
 INGRESS_MODES = ("proxy", "haproxy", "haproxy-optimized")
 # `auto`: HAProxy where its binary is found (the faster path, README Benchmarks), else the proxy.
 AUTO = "auto"
 
-# HAProxy's own stats page and Prometheus endpoint listen on every interface (Ray Serve has no
-# host setting for them); they move to these ports, named so an operator can firewall them.
-HAPROXY_STATS_PORT = 8404
-HAPROXY_METRICS_PORT = 9101
+# Where Ray Serve keeps an HAProxy's configuration, admin socket and state (fixed paths under
+# /tmp by default) and the ports of its stats page and Prometheus endpoint (8404, 9101). Two
+# clusters on one machine (tests, a benchmark beside `pavana up`) would share them and break
+# each other, so each cluster started here gets a directory and free ports of its own, unless
+# the operator set them.
+HAPROXY_PATHS = {
+    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
+    "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
+    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
+}
+HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+_generated: dict[str, str] = {}  # what this process set, so a later cluster gets fresh values
 
 
 class IngressUnavailable(RuntimeError):
@@ -46,8 +58,6 @@ def environment(mode: str) -> dict[str, str]:
             "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1" if mode == "haproxy-optimized" else "0",
             "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
             "RAY_SERVE_ENABLE_HA_PROXY": "1",
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(HAPROXY_STATS_PORT),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(HAPROXY_METRICS_PORT),
         }
     raise ValueError(f"ingress: {mode!r} is not one of {', '.join(INGRESS_MODES)}")
 
@@ -88,6 +98,23 @@ def choose(requested: str) -> tuple[str, str]:
 
 
 def apply(mode: str, env: MutableMapping[str, str] = os.environ) -> None:
-    """Set `mode` for the Ray processes started after this call (before `ray.init`)."""
+    """Set `mode` for the Ray processes started after this call (before `ray.init`); an
+    HAProxy gets a directory and stats/metrics ports of its own (`HAPROXY_PATHS`)."""
     check(mode)
     env.update(environment(mode))
+    if not mode.startswith("haproxy"):
+        return
+    own = [k for k in (*HAPROXY_PATHS, *HAPROXY_PORTS) if k not in env or env[k] == _generated.get(k)]
+    if not own:
+        return
+    folder = tempfile.mkdtemp(prefix="pavana-haproxy-")
+    fresh = {k: os.path.join(folder, name) if name else folder for k, name in HAPROXY_PATHS.items()}
+    fresh.update({k: str(free_port()) for k in HAPROXY_PORTS})
+    for key in own:
+        env[key] = _generated[key] = fresh[key]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
