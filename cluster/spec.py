@@ -91,7 +91,9 @@ class QoSClass(_Model):
     name: str = Field(min_length=1)
     priority: int = Field(0, ge=0, description="lower is more important")
     slo: SLO = SLO()
-    max_queue_s: float | None = Field(None, gt=0)
+    max_queue_s: float | None = Field(
+        None, gt=0, description="refuse the class while its requests wait longer than this for their first token (measured at the ingress)"
+    )
     max_in_flight: int | None = Field(None, ge=1, description="this class's requests in flight per ingress replica")
     admit_below_load: float = Field(
         1.0, gt=0, le=1, description="admitted only while the ingress's requests in flight are below this share of max_in_flight"

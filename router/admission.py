@@ -5,8 +5,9 @@ it is admitted now.
   `x-pavana-qos-class` (gRPC metadata of the same name) to demote itself, never to claim a
   more important class than its key's. Without either, the spec's default class.
 - Admission. Each ingress replica counts its requests in flight, per class and in all. A class
-  is admitted while the total is below its `admit_below_load` share of `max_in_flight` and its
-  own count below its `max_in_flight`. Lower classes have lower ceilings, so as load rises
+  is admitted while the total is below its `admit_below_load` share of `max_in_flight`, its
+  own count below its `max_in_flight`, and — when the class sets `max_queue_s` — while its
+  requests wait no longer than that for their first token (measured: `router/queue_wait.py`). Lower classes have lower ceilings, so as load rises
   batch traffic is refused first, then standard, and the headroom above their ceilings is kept
   for interactive requests: relegation happens before the interactive class misses its SLO.
   A refusal is HTTP 429 (gRPC RESOURCE_EXHAUSTED) with `Retry-After`, longer for lower classes,
@@ -33,6 +34,7 @@ class ClassPolicy:
     priority: int  # lower is more important
     max_in_flight: int | None = None
     admit_below_load: float = 1.0
+    max_queue_s: float | None = None  # refused while the class's measured wait is longer
 
     @property
     def retry_after_s(self) -> int:
@@ -73,7 +75,7 @@ class AdmissionControl:
     def from_spec(cls, spec) -> AdmissionControl:
         """One ingress replica's admission from a cluster spec's QoS classes (the ingress and
         the simulator build it this one way)."""
-        policies = [ClassPolicy(c.name, c.priority, c.max_in_flight, c.admit_below_load) for c in spec.qos_classes]
+        policies = [ClassPolicy(c.name, c.priority, c.max_in_flight, c.admit_below_load, c.max_queue_s) for c in spec.qos_classes]
         return cls.from_classes(policies, spec.max_in_flight)
 
     @classmethod
@@ -90,10 +92,18 @@ class AdmissionControl:
         """Requests in flight (all classes) above which this class is refused."""
         return max(1, math.floor(self.policies[qos_class].admit_below_load * self.max_in_flight))
 
-    def admit(self, qos_class: str) -> None:
-        """Count the request in, or raise `Overloaded`."""
+    def admit(self, qos_class: str, waited_s: float = 0.0) -> None:
+        """Count the request in, or raise `Overloaded`. `waited_s`: how long the class's requests
+        wait for their first token now (`router/queue_wait.py`)."""
         policy = self.policies[qos_class]
         mine = self.in_flight.get(qos_class, 0)
+        if policy.max_queue_s is not None and waited_s > policy.max_queue_s:
+            self._refuse(qos_class)
+            raise Overloaded(
+                f"The server is busy: {qos_class!r} requests wait {waited_s:.1f} s for their first token, "
+                f"more than the class's {policy.max_queue_s:g} s; retry later.",
+                policy.retry_after_s,
+            )
         if self.total >= self.ceiling(qos_class):
             self._refuse(qos_class)
             raise Overloaded(

@@ -37,6 +37,7 @@ from cluster.records import RequestRecord
 from cluster.spec import ClusterSpec
 from cluster.telemetry import TelemetryPublisher, TelemetryStore
 from router.admission import QOS_HEADER, AdmissionControl, Overloaded, resolve_class
+from router.queue_wait import QueueWaits
 from router.auth import APIKeys
 from router.errors import (
     INVALID_REQUEST,
@@ -146,6 +147,7 @@ class Ingress(GRPCMethods):
         self.texts = TokenTexts(self.tokenizer)
         self.keys = APIKeys(self.spec.api_keys)
         self.admission = AdmissionControl.from_spec(self.spec)
+        self.queue_waits = QueueWaits()  # each class's wait for a first token, for admission
         self.class_policies = self.admission.policies
         self._class_slos = {c.name: c.slo for c in self.spec.qos_classes}
         self.pools = pools
@@ -369,8 +371,9 @@ class Ingress(GRPCMethods):
         qos_class = prepared.request.qos_class
         admitted = 0
         try:
+            waited = self.queue_waits.wait_s(qos_class, time.monotonic())
             for _ in range(prepared.n):
-                self.admission.admit(qos_class)
+                self.admission.admit(qos_class, waited)
                 admitted += 1
         except Overloaded:  # counted: the autoscaler and the dashboard see refusals per class
             for _ in range(admitted):
@@ -410,11 +413,16 @@ class Ingress(GRPCMethods):
         (`router/choices.py`) under a Serve request id of its own (`_own_serve_request_id`)."""
         if own_request_id:
             _own_serve_request_id()
+        waiting = uuid.uuid4().hex  # this choice, in the class's measured waits
+        self.queue_waits.started(waiting, prepared.request.qos_class, time.monotonic())
         stages = self._run_stages(prepared)
         try:
             async for chunk in stages:
+                if chunk.token_ids:
+                    self.queue_waits.first_token(waiting, time.monotonic())
                 yield chunk
         finally:
+            self.queue_waits.ended(waiting)
             await stages.aclose()
 
     async def _run_stages(self, prepared: PreparedRequest) -> AsyncIterator[TokenChunk]:

@@ -34,6 +34,7 @@ from cluster.power_trace import PowerTrace, power_at
 from cluster.records import ReplicaHeartbeat, RequestRecord, TelemetrySnapshot, pool_key, rank_id
 from cluster.spec import REPLAYED_POWER, ClusterSpec, ConstantPower
 from router.admission import AdmissionControl, Overloaded
+from router.queue_wait import QueueWaits
 from router.replica_choice import ReplicaLoad, rank_for_decode
 from router.site_router import SPILL_SHARE_OF_TTFT, SiteLoad, SitePower, choose_site
 from simulator.control import SimController
@@ -132,6 +133,7 @@ class SimCluster:
                                                            autoscale=options.autoscale, power_aware=options.power_aware))
         self.autoscaler_config = self.controller.settings.autoscaler
         self.admission = AdmissionControl.from_spec(spec)
+        self.queue_waits = QueueWaits()
         self.classes = {c.name: c for c in spec.qos_classes}
         chunk = spec.engine.chunk_size
         self._prefill_rate = chunk / cost.batch_time(BatchShape(chunk, 0, chunk * (chunk + 1) / 2, 0, 1))
@@ -257,10 +259,13 @@ class SimCluster:
             return self._fail(req, "rejected", f"{req.prompt_tokens} + {t.output_tokens} tokens exceed the context of {self.max_model_len}")
         if self.options.qos_admission:
             try:
-                self.admission.admit(t.qos_class)
+                self.admission.admit(t.qos_class, self.queue_waits.wait_s(t.qos_class, self.loop.now))
             except Overloaded as exc:
                 return self._fail(req, "rejected", exc.message)
             req.admitted = True
+            key = str(id(req))
+            self.queue_waits.started(key, t.qos_class, self.loop.now)
+            req.on_first_token = lambda now, key=key: self.queue_waits.first_token(key, now)
         site = self._choose_site(req)
         if site is None:
             return self._fail(req, "rejected", "no site has power for new work")
@@ -409,6 +414,7 @@ class SimCluster:
         """A request has ended: its admission slot frees, its record is written."""
         if req.admitted:
             self.admission.release(req.trace.qos_class)
+            self.queue_waits.ended(str(id(req)))
             req.admitted = False
         self._record(req)
         self._outstanding -= 1

@@ -3,6 +3,8 @@ every token it received, from which TTFT, TBT and end-to-end latency are read.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import math
 from dataclasses import dataclass, field
 
@@ -43,10 +45,14 @@ class SimRequest:
     priority: int = 0
     deadline_s: float = math.inf
     admitted: bool = False
+    # Told the first token's time, as the ingress measures each class's wait (`router/queue_wait.py`).
+    on_first_token: Callable[[float], None] | None = None
 
     def token(self, now_s: float) -> None:
         if self.first_token_s is None:
             self.first_token_s = now_s
+            if self.on_first_token is not None:
+                self.on_first_token(now_s)
         else:
             self.gaps.append(now_s - self.last_token_s)
         self.last_token_s = now_s
