@@ -22,25 +22,17 @@ import importlib.util
 import os
 import shutil
 import socket
-import tempfile
 from collections.abc import MutableMapping
 
 INGRESS_MODES = ("proxy", "haproxy", "haproxy-optimized")
 # `auto`: HAProxy where its binary is found (the faster path, README Benchmarks), else the proxy.
 AUTO = "auto"
 
-# Where Ray Serve keeps an HAProxy's configuration, admin socket and state (fixed paths under
-# /tmp by default) and the ports of its stats page and Prometheus endpoint (8404, 9101). Two
-# clusters on one machine (tests, a benchmark beside `pavana up`) would share them and break
-# each other, so each cluster started here gets a directory and free ports of its own, unless
-# the operator set them.
-HAPROXY_PATHS = {
-    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
-    "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
-    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "",
-    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
-    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
-}
+# The ports of an HAProxy's stats page and Prometheus endpoint (Ray Serve's defaults: 8404 and
+# 9101, on every node). Two clusters on one machine (tests, a benchmark beside `pavana up`)
+# would both bind them and the second HAProxy would not start, so each cluster started here
+# gets free ports of its own, unless the operator set them. (Ray Serve keeps each HAProxy's
+# files under a folder named by its node's id, so those never collide.)
 HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
 _generated: dict[str, str] = {}  # what this process set, so a later cluster gets fresh values
 
@@ -99,19 +91,14 @@ def choose(requested: str) -> tuple[str, str]:
 
 def apply(mode: str, env: MutableMapping[str, str] = os.environ) -> None:
     """Set `mode` for the Ray processes started after this call (before `ray.init`); an
-    HAProxy gets a directory and stats/metrics ports of its own (`HAPROXY_PATHS`)."""
+    HAProxy gets stats and metrics ports of its own (`HAPROXY_PORTS`)."""
     check(mode)
     env.update(environment(mode))
     if not mode.startswith("haproxy"):
         return
-    own = [k for k in (*HAPROXY_PATHS, *HAPROXY_PORTS) if k not in env or env[k] == _generated.get(k)]
-    if not own:
-        return
-    folder = tempfile.mkdtemp(prefix="pavana-haproxy-")
-    fresh = {k: os.path.join(folder, name) if name else folder for k, name in HAPROXY_PATHS.items()}
-    fresh.update({k: str(free_port()) for k in HAPROXY_PORTS})
-    for key in own:
-        env[key] = _generated[key] = fresh[key]
+    for key in HAPROXY_PORTS:
+        if key not in env or env[key] == _generated.get(key):
+            env[key] = _generated[key] = str(free_port())
 
 
 def free_port() -> int:
