@@ -77,6 +77,9 @@ class EngineSpec(_Model):
     num_kv_blocks: int = Field(2048, gt=0)
     enable_prefix_caching: bool = True
     num_threads: int | None = Field(None, gt=0)
+    tbt_budget: bool = Field(
+        True, description="size each step's token budget, up to chunk_size, so it ends within the strictest class's TBT target"
+    )
 
 
 class SLO(_Model):
@@ -361,6 +364,12 @@ class ClusterSpec(_Model):
             if s.name == name:
                 return s
         raise KeyError(f"site {name!r} is not in the spec (sites: {[s.name for s in self.sites]})")
+
+    @property
+    def tbt_target_s(self) -> float | None:
+        """The step-time target of the engines (`engine.tbt_budget`): the strictest class's TBT
+        SLO, so every class's decodes keep their pace whatever prefills share their steps."""
+        return min(c.slo.tbt_s for c in self.qos_classes) if self.engine.tbt_budget and self.qos_classes else None
 
     def qos_class(self, name: str) -> QoSClass:
         for c in self.qos_classes:

@@ -72,10 +72,13 @@ def engine_settings(spec: ClusterSpec) -> dict[str, Any]:
     )
     if spec.model.max_model_len:
         settings["max_model_len"] = spec.model.max_model_len
+    if spec.tbt_target_s is not None:
+        settings["tbt_target_s"] = spec.tbt_target_s
     if e.backend == "vllm":
         settings.update(e.vllm.model_dump())
-        for key in ("num_kv_blocks", "num_threads"):  # Pavana's CPU engine's alone: vLLM sizes its cache from GPU memory
-            settings.pop(key)
+        # Pavana's CPU engine's alone: vLLM sizes its cache from GPU memory and budgets its own steps.
+        for key in ("num_kv_blocks", "num_threads", "tbt_target_s"):
+            settings.pop(key, None)
     return settings
 
 

@@ -119,7 +119,7 @@ class SimCluster:
         self.engine_configs = {
             stage: EngineConfig(policy=e.policy, mode="colocated" if stage == "colocated" else stage, chunk_size=e.chunk_size,
                                 max_num_seqs=e.max_num_seqs, block_size=e.block_size, num_kv_blocks=e.num_kv_blocks,
-                                enable_prefix_caching=options.enable_prefix_caching)
+                                enable_prefix_caching=options.enable_prefix_caching, tbt_target_s=spec.tbt_target_s)
             for stage in ("colocated", "prefill", "decode")
         }
         self.sites: dict[str, SiteState] = {s.name: self._site_state(s) for s in spec.sites}

@@ -30,6 +30,7 @@ from workers.engine.sampling import SamplingParams
 from workers.engine.scheduler import ScheduledBatch, make_scheduler
 from workers.engine.sequence import Sequence, SequenceStatus
 from workers.engine.step_rates import Step, split
+from workers.engine.token_budget import BUDGET_STEPS, token_budget
 
 _SIM_TOKEN = 0  # the token every simulated step samples: the simulator has no vocabulary and no text
 
@@ -142,6 +143,7 @@ class SimReplica(BaseReplica):
         )
         self.requests: dict[str, SimRequest] = {}
         self._seqs: dict[str, Sequence] = {}
+        self._recent_steps: deque[Step] = deque(maxlen=BUDGET_STEPS)  # for the TBT-bound token budget
         self._arrivals = 0
         self._encode_queue: deque[SimRequest] = deque()
         # Prompt tokens still to compute (waiting or mid-prefill), kept incrementally: the
@@ -275,12 +277,25 @@ class SimReplica(BaseReplica):
         self.last_batch = batch
         self._account(duration, sum(c.samples for c in batch.chunks), sum(r.trace.num_images for r in encoded),
                       batch.num_prefill_tokens, batch.num_decode_tokens)
+        self._follow_tbt_target(Step(duration, batch.num_prefill_tokens, batch.num_decode_tokens))
         run = decode_run.plan(self, batch, duration, _SIM_TOKEN) if self.decode_runs and not encoded else None
         if run is not None:
             self._run = run
             self.loop.at(run.times[-1], Kind.COMPLETION, self._end_run, run)
         else:
             self.loop.after(duration, Kind.COMPLETION, self._complete, batch, self._generation)
+
+    def _follow_tbt_target(self, step: Step) -> None:
+        """The engine's TBT-bound budget (`workers/engine/token_budget.py`), as `AsyncEngine`
+        applies it; a slowed replica's steps are longer, so the target is met the same way."""
+        target = self.engine.tbt_target_s
+        if target is None or step.prefill_tokens == 0:  # the steps the budget shapes (`token_budget.py`)
+            return
+        self._recent_steps.append(step)
+        budget = token_budget(list(self._recent_steps), tbt_target_s=target, chunk_size=self.scheduler.chunk_size,
+                              running_decodes=len(self.scheduler.running))
+        if budget is not None:
+            self.scheduler.token_budget = budget
 
     # -- decode runs (simulator.decode_run) --------------------------------------------------------
     def sync(self) -> None:

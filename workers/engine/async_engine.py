@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from workers.engine.llm_engine import LLMEngine
 from workers.engine.outputs import KVHandoff, RequestOutput
+from workers.engine.token_budget import BUDGET_STEPS, token_budget
 from workers.engine.sampling import SamplingParams
 from workers.engine.sequence import MultimodalSpan, Sequence
 from workers.engine.step_rates import Step, rates
@@ -224,6 +225,7 @@ class AsyncEngine:
                 outputs = await loop.run_in_executor(self._executor, self.engine.step)
                 ended = time.monotonic()
                 self._busy.append((ended, ended - started, len(outputs), Step(ended - started, *self.engine.last_step_tokens)))
+                self._follow_tbt_target()
                 for out in outputs:
                     if out.error is not None:
                         self._deliver_error(out.request_id, RequestFailed(out.error))
@@ -242,6 +244,19 @@ class AsyncEngine:
             self._dead = exc
             for request_id in list(self._streams):
                 self._deliver_error(request_id, EngineDead(f"engine loop failed: {exc!r}"))
+
+    def _follow_tbt_target(self) -> None:
+        """With a TBT target, size the next step's token budget from the recent steps."""
+        target = self.engine.config.tbt_target_s
+        if target is None:
+            return
+        sched = self.engine.scheduler
+        recent = [b[3] for b in self._busy if b[3].prefill_tokens > 0][-BUDGET_STEPS:]
+        # A paced replica (a power mode) idles after each step: its steps must be shorter.
+        budget = token_budget(recent, tbt_target_s=target * self._throughput_fraction, chunk_size=sched.chunk_size,
+                              running_decodes=len(sched.running))
+        if budget is not None:
+            sched.token_budget = budget
 
     def _deliver_error(self, request_id: str, exc: BaseException) -> None:
         queue = self._streams.pop(request_id, None)

@@ -13,8 +13,10 @@ class EngineConfig:
     """Everything the engine needs besides the checkpoint.
 
     `chunk_size` is the token budget of one iteration (Sarathi-Serve's chunk): running decodes
-    take one token each, prefill chunks fill the rest. `num_kv_blocks` * `block_size` is the
-    number of tokens the paged KV cache holds across all sequences.
+    take one token each, prefill chunks fill the rest. With `tbt_target_s` the budget follows
+    the replica's measured step costs so that a step ends within that target
+    (`workers/engine/token_budget.py`), never above `chunk_size`. `num_kv_blocks` *
+    `block_size` is the number of tokens the paged KV cache holds across all sequences.
     """
 
     policy: str = "sarathi"
@@ -28,6 +30,7 @@ class EngineConfig:
     max_queued_requests: int = 1024
     dtype: str = "float32"
     num_threads: int | None = None
+    tbt_target_s: float | None = None
 
     def __post_init__(self) -> None:
         from workers.engine.scheduler import POLICIES
@@ -44,5 +47,7 @@ class EngineConfig:
                 raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len: must be >= 1, got {self.max_model_len!r}")
+        if self.tbt_target_s is not None and not self.tbt_target_s > 0:
+            raise ValueError(f"tbt_target_s: must be > 0, got {self.tbt_target_s!r}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads: must be >= 1, got {self.num_threads!r}")

@@ -68,6 +68,7 @@ class Scheduler:
     def __init__(self, block_manager: BlockManager, *, chunk_size: int, max_num_seqs: int, max_model_len: int):
         self.block_manager = block_manager
         self.chunk_size = chunk_size
+        self.token_budget = chunk_size  # of the next step; lowered to meet a TBT target (`token_budget.py`)
         self.max_num_seqs = max_num_seqs
         self.max_model_len = max_model_len
         self.waiting: deque[Sequence] = deque()
@@ -213,7 +214,7 @@ class SarathiScheduler(Scheduler):
         preempted: list[str] = []
         scheduled: set[str] = set()
         decodes = self._schedule_decodes(preempted, scheduled)
-        budget = self.chunk_size - len(decodes)
+        budget = self.token_budget - len(decodes)
         prefills = self._continue_prefills(budget, preempted, scheduled)
         budget -= sum(c.num_tokens for c in prefills)
         admitted = self._admit_waiting(budget, whole_prompts=False) if not preempted else []
