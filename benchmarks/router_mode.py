@@ -87,7 +87,10 @@ def measure(mode: str, requests_c1: int, requests_c16: int) -> dict[str, Any]:
                         "http_requests_per_s": requests_c16 / http_s, "direct_requests_per_s": requests_c16 / direct_s,
                     }
 
-            out = asyncio.run(run())
+            # A loop that outlives the run: with Ray Serve's throughput-optimized settings the
+            # driver's handles are bound to it, and shutting them down needs it open.
+            loop = asyncio.new_event_loop()
+            out = loop.run_until_complete(run())
         finally:
             serve.shutdown()
             ray.shutdown()
