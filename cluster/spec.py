@@ -248,6 +248,10 @@ class ClusterSpec(_Model):
     # `x-pavana-qos-class` but never claim a more important class than its key's.
     api_key_classes: dict[str, str] = Field(default_factory=dict)
     max_in_flight: int = Field(256, ge=1, description="requests one ingress replica admits at once, all classes together")
+    ingress_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray resources the ingress replicas claim, to keep the front door on chosen nodes (not a site that may lose its power)",
+    )
     # The dashboard and admin routes take this token, never an inference key; with none set
     # they are closed (`pavana up` generates one).
     operator_token: str | None = Field(None, min_length=16)

@@ -153,7 +153,10 @@ def build_app(spec: ClusterSpec, *, use_site_resources: bool = True) -> serve.Ap
             stage: _pool_deployment(stage, pool, site, spec, use_site_resources=use_site_resources)
             for stage, pool in spec.pools.items()
         }
-    ingress = serve.deployment(Ingress).options(name=INGRESS_NAME, max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0})
+    ingress_actor: dict[str, Any] = {"num_cpus": 0}
+    if spec.ingress_resources:
+        ingress_actor["resources"] = dict(spec.ingress_resources)
+    ingress = serve.deployment(Ingress).options(name=INGRESS_NAME, max_ongoing_requests=4096, ray_actor_options=ingress_actor)
     return ingress.bind(spec.model_dump(mode="json"), pools, OPERATOR_CONSOLE)
 
 

@@ -71,16 +71,8 @@ def multinode_spec(http_port: int):
         },
         "sites": [{"name": "a"}, {"name": "b", "latency_ms": 5.0}],
         "http_port": http_port,
+        "ingress_resources": {ROUTER_RESOURCE: 0.001},  # the front door stays on the head, off the sites
     })
-
-
-def with_ingress_on(app: Any, resource: str) -> Any:
-    """`app` with its ingress pinned to the nodes that carry `resource`. (`build_app` leaves
-    the ingress wherever Serve spreads it, which on a cluster of sites may be a site's node.)"""
-    from ray.serve.deployment import Application
-
-    ingress = app._bound_deployment
-    return Application(ingress.options(ray_actor_options={"num_cpus": 0, "resources": {resource: 0.001}}))
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +101,7 @@ def multinode() -> Iterator[MultiNode]:
         port = free_port()
         spec = multinode_spec(port)
         serve.start(http_options=HTTPOptions(host="127.0.0.1", port=port), proxy_location="HeadOnly")
-        serve.run(with_ingress_on(build_app(spec), ROUTER_RESOURCE), name=APP, route_prefix=PREFIX)
+        serve.run(build_app(spec), name=APP, route_prefix=PREFIX)
         yield MultiNode(spec, f"http://127.0.0.1:{port}{PREFIX}/v1", cluster, nodes)
         asyncio.run(TelemetryStore.from_spec(spec).clear())
     finally:
