@@ -197,10 +197,10 @@ def test_logprobs_cross_the_prefill_to_decode_handoff(checkpoint):
 
 
 def test_pool_replicas_stream_logprobs_in_their_token_chunks(checkpoint):
-    from workers.deployments import _chunk
+    from workers.backends.pavana import chunk_from_output
 
     outs = run(LLMEngine(checkpoint), {"r": (prompt(6), SamplingParams(max_tokens=2, logprobs=1, prompt_logprobs=0, ignore_eos=True))})["r"]
-    first, last = (_chunk(o, "colocated") for o in outs)
+    first, last = (chunk_from_output(o, "colocated", "r0") for o in outs)
     assert first.logprobs == tuple(outs[0].logprobs) and len(first.logprobs) == 1
     assert first.prompt_logprobs == tuple(outs[0].prompt_logprobs) and len(first.prompt_logprobs) == 6
     assert first.prompt_logprobs[0] is None and last.prompt_logprobs == ()
