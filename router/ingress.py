@@ -430,12 +430,13 @@ class Ingress(GRPCMethods):
         stages = ["vision"] if prepared.images else []
         stages += ["prefill", "decode"] if self.orchestrator.sites[site].disaggregated else ["colocated"]
         user = prepared.user
+        ran_at = [site]  # the orchestrator moves a request off a lost site; its record says where it ended
         stream = measured(
-            self.orchestrator.generate(prepared.request, prepared.images, site),
+            self.orchestrator.generate(prepared.request, prepared.images, site, on_site=lambda s: ran_at.__setitem__(0, s)),
             self._publish if user is None else (lambda record: self._publish(dataclasses.replace(record, user=user))),
             request_id=prepared.request.request_id,
             qos_class=prepared.request.qos_class,
-            site=site,
+            site=lambda: ran_at[0],
             pool_path=">".join(stages),
             prompt_tokens=prepared.request.num_prompt_tokens,
             num_images=len(prepared.images),

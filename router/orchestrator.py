@@ -177,11 +177,12 @@ class Orchestrator:
         self._clock = clock
 
     async def generate(
-        self, request: GenerateRequest, images: list[bytes], site: str
+        self, request: GenerateRequest, images: list[bytes], site: str, on_site: Callable[[str], None] | None = None
     ) -> AsyncIterator[TokenChunk]:
         """Stream a request through its stages, across replica and site losses (see the
         module's docstring). `request.images` carries the placement of each image's tokens; the
-        vision pool fills in where its embeddings are."""
+        vision pool fills in where its embeddings are. `on_site` is told each site the request
+        runs at, the first and any it moves to (its record names where it ended)."""
         if images:
             self._check_images(self.sites[site], request, images)
         progress = _Progress(self._site_for(site, request.request_id))
@@ -189,6 +190,8 @@ class Orchestrator:
         failures = _Failures(request.request_id)
         while True:
             site = progress.site
+            if on_site is not None:
+                on_site(site)
             try:
                 if images and (progress.encoded is None or progress.encoded[0] != site):
                     progress.stage = "vision"

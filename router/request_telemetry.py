@@ -30,14 +30,15 @@ async def measured(
     *,
     request_id: str,
     qos_class: str,
-    site: str,
+    site: str | Callable[[], str],
     pool_path: str,
     prompt_tokens: int,
     num_images: int,
     observe: Callable[[RequestRecord, float, list[float]], None] | None = None,
 ) -> AsyncIterator[TokenChunk]:
     """`observe`, when given, also gets the record with the end-to-end seconds and every gap
-    between tokens (the ingress's Prometheus metrics, `controller/metrics.py`)."""
+    between tokens (the ingress's Prometheus metrics, `controller/metrics.py`). `site` may be
+    a function, read as the request ends: where it ran last (a lost site's requests move)."""
     started = time.monotonic()
     token_times: list[float] = []
     outcome = "aborted"
@@ -58,7 +59,7 @@ async def measured(
         record = RequestRecord(
             request_id=request_id,
             qos_class=qos_class,
-            site=site,
+            site=site() if callable(site) else site,
             pool_path=pool_path,
             ttft_s=token_times[0] - started if token_times else None,
             tbt_p50_s=p50,

@@ -470,6 +470,15 @@ async def test_a_request_whose_site_is_lost_before_it_streamed_is_retried_on_the
     assert "s" in orch.losses and "t" not in orch.losses
 
 
+async def test_the_caller_is_told_each_site_a_request_runs_at():
+    """The ingress records a request at the site where it ended, not where it was sent."""
+    orch = two_sites(pd(prefill=FakePool(prefill=[Fault(after=0)])), pd())
+    sites: list[str] = []
+    chunks = [c async for c in orch.generate(request(), [], "s", on_site=sites.append)]
+    assert_one_uninterrupted_stream(chunks)
+    assert sites == ["s", "t"]
+
+
 @pytest.mark.parametrize("k", [0, 1, 6])
 async def test_a_stream_whose_site_dies_under_its_decode_resumes_on_the_other_site(k):
     """Even a decode lost before it streamed is not retried from the old site's KV: that KV
