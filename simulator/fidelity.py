@@ -87,7 +87,8 @@ def replay_sim(requests: list[TraceRequest], cost: LinearCostModel, max_model_le
     spec = ClusterSpec.parse({
         "topology": "colocated",
         "pools": {"colocated": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}},
-        "engine": {"chunk_size": CHUNK, "max_num_seqs": MAX_SEQS, "num_kv_blocks": KV_BLOCKS, "enable_prefix_caching": False},
+        "engine": {"chunk_size": CHUNK, "max_num_seqs": MAX_SEQS, "num_kv_blocks": KV_BLOCKS, "enable_prefix_caching": False,
+                   "tbt_budget": False},  # as the engine replayed in-process, which keeps its chunk size
     })
     sim = SimCluster(spec, cost, CPU_NETWORK, SimOptions(autoscale=False, max_model_len=max_model_len))
     done = sim.run(requests)

@@ -170,7 +170,8 @@ def heron_spec(setup: Setup, scale: Scale, *, capped_mode: bool) -> ClusterSpec:
     return ClusterSpec.parse({
         "topology": "colocated", "sites": sites,
         "pools": {"colocated": {"min_replicas": most, "max_replicas": most, "initial_replicas": most}},
-        "engine": {"chunk_size": 512, "max_num_seqs": 128, "block_size": 32, "num_kv_blocks": 8192, "enable_prefix_caching": False},
+        "engine": {"chunk_size": 512, "max_num_seqs": 128, "block_size": 32, "num_kv_blocks": 8192, "enable_prefix_caching": False,
+                   "tbt_budget": False},  # the paper's fixed token budget
         "qos_classes": [{"name": n, "priority": p, "slo": {"ttft_s": ttft, "tbt_s": tbt}, "admit_below_load": admit}
                         for n, p, ttft, tbt, admit in CLASSES],
         "default_qos_class": "code",

@@ -195,7 +195,7 @@ def deployment_spec(deployment: str, gpus: int, model: ModelClass, slos: dict[st
     together at `gpus`. `vision_replicas` is the vision pool's initial size; `autoscaled`
     lets the monolithic pool move between 1 and `gpus` from `initial`."""
     engine = {"chunk_size": CHUNK, "max_num_seqs": 128, "block_size": 32, "num_kv_blocks": model.kv_blocks,
-              "enable_prefix_caching": False}
+              "enable_prefix_caching": False, "tbt_budget": False}  # the paper's fixed token budget
     classes = [{"name": m, "priority": 0, "slo": {"ttft_s": s["ttft_s"], "tbt_s": s["tbt_s"]}} for m, s in slos.items()]
     base = {"engine": engine, "qos_classes": classes, "default_qos_class": "text", "max_in_flight": 1_000_000,
             "model": {"name": model.key, "max_model_len": model.limits.max_model_len},

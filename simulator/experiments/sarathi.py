@@ -33,7 +33,8 @@ def replica_spec(policy: str, tbt_slo_s: float) -> ClusterSpec:
     return ClusterSpec.parse({
         "topology": "colocated",
         "pools": {"colocated": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}},
-        "engine": {"policy": policy, "chunk_size": 512, "max_num_seqs": 128, "num_kv_blocks": 8192, "enable_prefix_caching": False},
+        "engine": {"policy": policy, "chunk_size": 512, "max_num_seqs": 128, "num_kv_blocks": 8192, "enable_prefix_caching": False,
+                   "tbt_budget": False},  # the paper's setup: a fixed token budget per iteration
         "qos_classes": [{"name": "interactive", "slo": {"ttft_s": 1e6, "tbt_s": tbt_slo_s}}],
     })
 
