@@ -15,6 +15,9 @@ prefill-first, each measured side by side in one run on one random ~30M-paramete
    hold, so every request of both runs writes exactly `max_tokens` tokens and the ratio of
    output tokens/s is the grammar's own cost per token: masks, masking, matcher updates.
    Goal: at least 0.8.
+4. Decode at batch 32 on SmolLM2 (`benchmarks/engine_decode.py`): float32 and bfloat16 side by
+   side, each as a fraction of the machine's roofline measured in the same run (goal ≥ 0.5),
+   and llama.cpp on the same GGUF file where llama-cpp-python is installed.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from bench.common import run_from_command_line, command_line, machine_info, percentile, write_json
+from benchmarks.engine_decode import decode_batch32, llama_cpp_batch1
 from workers.engine.config import EngineConfig
 from workers.engine.default_model import write_tiny_llama
 from workers.engine.llm_engine import LLMEngine
@@ -269,12 +273,24 @@ def report(result: dict[str, Any]) -> None:
     table.add_row(f"JSON schema grammar (matcher built in {g['grammar_matcher_build_ms']:.1f} ms)", f"{g['structured_s']:.1f}", f"{g['structured_tokens_per_s']:.1f}")
     table.add_row("[bold]structured / free (goal ≥ 0.8)[/bold]", "", f"[bold]{g['structured_output_throughput_ratio']:.2f}×[/bold]")
     console.print(table)
+    d = result["decode_batch32"]
+    table = Table(title=f"Decode at batch {d['batch']}, SmolLM2, contexts {d['context_tokens']['min']}–{d['context_tokens']['max']}, {d['threads']} threads")
+    for col in ("dtype", "tokens/s", "compute bound", "bandwidth bound", "roofline fraction (goal ≥ 0.5)"):
+        table.add_column(col, justify="right" if col != "dtype" else "left")
+    for name, r in d["by_dtype"].items():
+        table.add_row(name, f"{r['decode_tokens_per_s']:.1f}", f"{r['compute_bound_tokens_per_s']:.0f}", f"{r['bandwidth_bound_tokens_per_s']:.0f}", f"{r['decode_roofline_fraction']:.2f}")
+    console.print(table)
+    lc = result["llama_cpp"]
+    if "skipped" in lc:
+        console.print(f"llama.cpp: skipped ({lc['skipped']})")
+    else:
+        console.print(f"llama.cpp batch 1 ({lc['llama_cpp_precision']}): {lc['llama_cpp_tokens_per_s']:.1f} tokens/s; engine ({lc['engine_precision']}): {lc['engine_tokens_per_s']:.1f}")
 
 
 def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp, Progress(console=console, transient=True) as progress:
-        task = progress.add_task("building the model", total=4)
+        task = progress.add_task("building the model", total=6)
         model_dir = build_model(Path(tmp))
         progress.update(task, advance=1, description="throughput: engine vs transformers")
         result: dict[str, Any] = {"benchmark": "engine", "quick": quick, "machine": machine_info(), "command": command_line()}
@@ -283,9 +299,14 @@ def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
         result["stall_free"] = stall_free(model_dir, num_long=4 if quick else 10, interval_s=1.5)
         progress.update(task, advance=1, description="structured output: JSON schema grammar vs free text")
         result["structured_output"] = structured_output(num_requests=16, max_tokens=48 if quick else 128, repeats=2 if quick else 3)
+        progress.update(task, advance=1, description="decode at batch 32: float32 vs bfloat16, roofline")
+        result["decode_batch32"] = decode_batch32(steps=8 if quick else 32, repeats=1 if quick else 3, dtypes=("float32", "bfloat16"))
+        progress.update(task, advance=1, description="llama.cpp on the same GGUF file")
+        result["llama_cpp"] = llama_cpp_batch1(max_tokens=32 if quick else 128)
         progress.update(task, advance=1)
     result["quick_changes"] = (
-        "4 long prompts instead of 10 in the stall-free run; structured output: 48 tokens a request instead of 128, the best of two runs of each side instead of three"
+        "4 long prompts instead of 10 in the stall-free run; structured output: 48 tokens a request instead of 128, the best of two runs of each side instead of three; "
+        "decode at batch 32: 8 timed steps once per dtype instead of 32 steps, best of three; llama.cpp: 32 tokens instead of 128"
         if quick
         else None
     )
@@ -293,6 +314,9 @@ def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
     result["tbt_p99_ratio_sarathi_vs_prefill_first"] = result["stall_free"]["tbt_p99_ratio_sarathi_vs_prefill_first"]
     result["throughput_ratio_sarathi_vs_prefill_first"] = result["stall_free"]["throughput_ratio_sarathi_vs_prefill_first"]
     result["structured_output_throughput_ratio"] = result["structured_output"]["structured_output_throughput_ratio"]
+    result["decode_roofline_fraction"] = result["decode_batch32"]["by_dtype"]["float32"]["decode_roofline_fraction"]
+    result["decode_roofline_fraction_bfloat16"] = result["decode_batch32"]["by_dtype"]["bfloat16"]["decode_roofline_fraction"]
+    result["bf16_vs_float32_decode"] = result["decode_batch32"]["bf16_vs_float32_decode"]
     report(result)
     write_json(json_path, result)
     return result

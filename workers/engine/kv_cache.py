@@ -105,9 +105,9 @@ class SequenceRegions:
                 self._holders[r] = _Holder(seq, 0)
                 self._row_of[seq.request_id] = r
             holder = self._holders[r]
-            if holder.filled != start and start > 0:
+            if holder.filled < start:  # a region holding more already has these tokens' KV
                 self._copy_in(r, paged_slots(seq, 0, start), paged)
-            holder.filled = start
+                holder.filled = start
             rows.append(r)
         return rows
 

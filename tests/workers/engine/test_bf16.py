@@ -19,9 +19,9 @@ from workers.engine.config import EngineConfig
 from workers.engine.llm_engine import LLMEngine
 from workers.engine.sampling import SamplingParams
 
-# Natural-log units. The tiny model's logits are O(1); bfloat16's relative step is 2^-8, and a
-# two-layer forward pass compounds a few such steps.
-TOLERANCE = 0.08
+# Natural-log units. bfloat16's relative step is 2^-8; the engine and `transformers` run the same
+# products in the same order on this tiny model, so they differ far less (about 2e-5 here).
+TOLERANCE = 0.01
 PROMPT_LENGTHS = (3, 17, 40, 90)
 
 
