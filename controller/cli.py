@@ -122,6 +122,14 @@ def spec_show(path: Optional[Path] = typer.Argument(None)) -> None:
     console.print(load_spec(path).to_yaml(), end="", markup=False, highlight=False)
 
 
+@bench_app.command("chaos")
+def bench_chaos(quick: bool = QuickOption, json_path: Optional[Path] = JsonOption) -> None:
+    """Replicas of every pool, the reconcile actor and Redis killed under traffic at 70% of capacity: failed, broken, leaked."""
+    from benchmarks.chaos import main
+
+    main(quick=quick, json_path=json_path)
+
+
 @bench_app.command("engine")
 def bench_engine(quick: bool = QuickOption, json_path: Optional[Path] = JsonOption) -> None:
     """Engine throughput against transformers, and stall-free batching against prefill-first."""
