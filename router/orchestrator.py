@@ -215,6 +215,9 @@ class Orchestrator:
         site, stage = progress.site, progress.stage
         unreachable = isinstance(exc, PoolUnreachable)
         lost_kv = stage == "decode" and kv_lost(exc)
+        # A prefill or colocated replica could not fetch the images' embeddings: they died with
+        # the vision replica that made them. Encode them again.
+        lost_embeddings = stage in ("prefill", "colocated") and progress.encoded is not None and kv_lost(exc)
         if replica_lost(exc) or unreachable:
             self.losses[site] = SiteLoss(self._clock(), f"{stage}: {type(unwrap(exc)).__name__}")
         carried = len(streamed.token_ids)
@@ -222,6 +225,9 @@ class Orchestrator:
         if moved.site != site:
             progress.site, progress.handoff = moved.site, None  # its KV stays behind: prefill there
             next_step = f"{moved.reason}: moving there, tokens_carried={carried}"
+        elif lost_embeddings:
+            progress.encoded = None
+            next_step = f"encoding the images again, tokens_carried={carried}"
         elif stage == "decode" and (lost_kv or carried > progress.tokens_before_decode):
             progress.handoff = None  # the KV no longer matches what the client has, or is gone: prefill again
             next_step = f"migrating: prefill again, tokens_carried={carried}"
@@ -229,7 +235,7 @@ class Orchestrator:
             next_step = "retrying from the same KV"
         else:
             next_step = f"migrating, tokens_carried={carried}" if carried else "retrying"
-        await failures.absorb(stage, exc, streamed, next_step, reason_ok=lost_kv or unreachable, backoff=moved.site == site)
+        await failures.absorb(stage, exc, streamed, next_step, reason_ok=lost_kv or lost_embeddings or unreachable, backoff=moved.site == site)
 
     def _site_for(self, site: str, request_id: str) -> str:
         choice = self._next_site(site)

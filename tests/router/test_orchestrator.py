@@ -382,6 +382,42 @@ async def test_a_vision_pool_lost_every_time_fails_after_max_attempts():
     assert "generate" not in pool.calls
 
 
+IMAGE = (ImageInput(offset=0, length=2, content_hash="h"),)
+
+
+@pytest.mark.parametrize("stage", ["prefill", "colocated"])
+async def test_embeddings_lost_with_their_vision_replica_are_encoded_again(stage):
+    """The prefill (or colocated) replica cannot fetch the embeddings (their owner, the vision
+    replica, died): the images are encoded again and the request streams undisturbed."""
+    vision, decode = FakePool(), FakePool()
+    if stage == "prefill":
+        pool = FakePool(prefill=[Fault(after=0, error=OwnerDiedError)])
+        orch = Orchestrator({"s": SitePools(prefill=pool, decode=decode, vision=vision)})
+    else:
+        pool = FakePool(generate=[Fault(after=0, error=OwnerDiedError)])
+        orch = colocated(pool, vision)
+    assert_one_uninterrupted_stream(await stream(orch, request(images=IMAGE), images=[b"png"]))
+    assert len(vision.calls["encode"]) == 2
+
+
+async def test_a_decode_migrated_after_its_embeddings_died_encodes_them_again():
+    """A decode replica lost mid-stream, and the re-prefill of the resumed request finds the
+    embeddings gone too: encoded again, prefilled, decoded on without a seam."""
+    vision = FakePool()
+    prefill = FakePool(prefill=[None, Fault(after=0, error=OwnerDiedError)])
+    decode = FakePool(decode=[Fault(after=3)])
+    orch = Orchestrator({"s": SitePools(prefill=prefill, decode=decode, vision=vision)})
+    assert_one_uninterrupted_stream(await stream(orch, request(images=IMAGE), images=[b"png"]))
+    assert len(vision.calls["encode"]) == 2 and len(prefill.calls["prefill"]) == 3
+
+
+async def test_embeddings_lost_every_time_fail_after_max_attempts():
+    vision, pool = FakePool(), FakePool(generate=[Fault(after=0, error=OwnerDiedError)] * MAX_ATTEMPTS)
+    with pytest.raises(OwnerDiedError):
+        await stream(colocated(pool, vision), request(images=IMAGE), images=[b"png"])
+    assert len(vision.calls["encode"]) == MAX_ATTEMPTS
+
+
 # -- site losses --------------------------------------------------------------------------------------
 class Clock:
     """The orchestrator's clock, moved by hand."""
