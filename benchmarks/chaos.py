@@ -31,6 +31,7 @@ by outcome), `capacity_rps`, `rate_rps`, `seed`, `bad_requests`.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from pathlib import Path
@@ -87,6 +88,12 @@ async def known_answers(url: str, prompts: list) -> list:
         return await references(client, prompts)
 
 
+def print_fault(fault: dict[str, Any]) -> None:
+    whole = f"whole after {fault['whole_after_s']:.1f} s" if "whole_after_s" in fault else fault["not_whole"]
+    console.print(f"fault {fault['index']} at {fault['at_s']:.1f} s: {fault['kind']} {fault.get('target', '')} "
+                  f"({fault['streams_in_flight']} requests in flight); {whole}")
+
+
 def print_result(result: dict[str, Any]) -> None:
     table = Table(title=f"Chaos: {result['faults_injected']} faults at {result['rate_rps']:.2f} req/s "
                         f"({LOAD:.0%} of {result['capacity_rps']:.2f}), seed {result['seed']}")
@@ -119,6 +126,7 @@ def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
     mode = QUICK if quick else FULL
     tokenizer = Tokenizer.from_dir(ensure_default_model())
     started = time.perf_counter()
+    load_before = os.getloadavg()
     redis = PrivateRedis.start_new()
     try:
         with local_serve(num_cpus=8) as ports:
@@ -134,7 +142,7 @@ def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
                     console.print(f"capacity {capacity:.2f} req/s; chaos at {rate:.2f} req/s: {len(schedule)} faults over "
                                   f"{mode['window_s']:.0f} s ({', '.join(f.kind for f in schedule)})")
                     target = ChaosTarget("chaos", spec, url, API_KEY, redis)
-                    outcome = asyncio.run(run_chaos(target, prompts, rate_rps=rate, schedule=schedule, seed=SEED))
+                    outcome = asyncio.run(run_chaos(target, prompts, rate_rps=rate, schedule=schedule, seed=SEED, on_fault=print_fault))
                 finally:
                     stop_reconciler()
     finally:
@@ -145,6 +153,8 @@ def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
         "machine": machine_info(),
         "command": command_line(),
         "wall_s": time.perf_counter() - started,
+        # Other work on the machine slows replicas' restarts and the traffic alike.
+        "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "goal": "zero failed, zero broken streams, zero KV blocks leaked",
         "goal_met": outcome["failed"] == 0 and outcome["broken_streams"] == 0 and outcome["kv_blocks_leaked"] == 0,
         **{k: outcome[k] for k in ("requests", "failed", "broken_streams", "faults_injected", "kv_blocks_leaked")},

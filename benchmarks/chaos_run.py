@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,9 +134,11 @@ def effects(faults: list[dict[str, Any]], records: list[StreamRecord]) -> None:
 async def run_chaos(
     target: ChaosTarget, prompts: list[FixedPrompt], *, rate_rps: float, schedule: list[PlannedFault], seed: int,
     tail_s: float = 10.0, bounds: WholeBounds = WholeBounds(), kv_drain_s: float = 60.0,
+    on_fault: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Traffic at `rate_rps` from now until `tail_s` after the cluster is whole after the last
-    fault; faults strike no earlier than planned and never before the cluster is whole."""
+    fault; faults strike no earlier than planned and never before the cluster is whole.
+    `on_fault` sees each fault's record as soon as the cluster is whole after it."""
     from cluster.telemetry import TelemetryStore
 
     store = TelemetryStore.from_spec(target.spec)
@@ -148,6 +151,8 @@ async def run_chaos(
             for fault in schedule:
                 await asyncio.sleep(max(0.0, fault.at_s - traffic.clock()))
                 faults.append(await strike(fault, target, traffic, store, rng, bounds))
+                if on_fault is not None:
+                    on_fault(faults[-1])
             await asyncio.sleep(tail_s)
             traffic.stop()
             records = await dispatching
