@@ -46,7 +46,7 @@ def up(
     record: Optional[Path] = typer.Option(None, "--record", help="append every control round (observation, memory, decisions) to this JSON-lines file"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Ray's and Serve's INFO lines and the replicas' output too"),
     host: str = typer.Option("127.0.0.1", "--host", help="interface the HTTP and gRPC APIs listen on (0.0.0.0: all; needs API keys)"),
-    ingress: str = typer.Option("auto", "--ingress", help="how requests reach the router: haproxy, proxy (Ray Serve's), or auto (HAProxy where found); local clusters only"),
+    ingress: str = typer.Option("proxy", "--ingress", help="how requests reach the router: proxy (Ray Serve's), haproxy, haproxy-optimized, or auto (HAProxy where found); local clusters only"),
 ) -> None:
     """Start Ray (local unless --address), deploy the spec's pools and router, serve until Ctrl-C."""
     from controller.logs import configure, ray_logs_dir

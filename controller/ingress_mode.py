@@ -27,6 +27,12 @@ from collections.abc import MutableMapping
 INGRESS_MODES = ("proxy", "haproxy", "haproxy-optimized")
 # `auto`: HAProxy where its binary is found (the faster path, README Benchmarks), else the proxy.
 AUTO = "auto"
+# What `pavana up` serves through unless told otherwise. HAProxy is faster (README, Benchmarks)
+# but answers some front-door refusals itself, not in OpenAI's shape: headers beyond its
+# buffer get its own HTML 400 page instead of Pavana's 431, and after a 413 for a body it
+# did not read, the client's next request on that connection is dropped. Until those are
+# Pavana's again, the proxy, which serves every feature as documented, stays the default.
+DEFAULT = "proxy"
 
 # The ports of an HAProxy's stats page and Prometheus endpoint (Ray Serve's defaults: 8404 and
 # 9101, on every node). Two clusters on one machine (tests, a benchmark beside `pavana up`)

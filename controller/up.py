@@ -195,11 +195,11 @@ def up(
     record_path=None,
     verbose: bool = False,
     host: str = LOOPBACK,
-    ingress: str = "auto",
+    ingress: str = "proxy",
 ) -> None:
     """Deploy and serve on `host` (HTTP and gRPC) until SIGINT/SIGTERM; then shut Serve (and
     an embedded Ray) down. `ingress`: how requests reach the ingress replicas
-    (`controller/ingress_mode.py`; `auto` takes HAProxy where it is found)."""
+    (`controller/ingress_mode.py`)."""
     from controller.ingress_mode import choose
 
     check_exposure(host, insecure=insecure)

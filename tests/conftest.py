@@ -68,8 +68,8 @@ def ray_cluster():
 
     from controller.ingress_mode import apply, choose
 
-    # The ingress `pavana up` would choose (HAProxy where found), unless PAVANA_TEST_INGRESS names one.
-    apply(choose(os.environ.get("PAVANA_TEST_INGRESS", "auto"))[0])
+    # The ingress `pavana up` serves through by default, unless PAVANA_TEST_INGRESS names another.
+    apply(choose(os.environ.get("PAVANA_TEST_INGRESS", "proxy"))[0])
     instance = ServeInstance(free_port(), free_port())
     sites = {f"site.{name}": 100 for name in ("local", "a", "b")}
     # gRPC on the loopback interface, as `pavana up` serves it.

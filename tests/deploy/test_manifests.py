@@ -224,18 +224,3 @@ def test_plain_prometheus_job_scrapes_the_head_with_the_token():
     job["relabel_configs"][0]["regex"] = "pavana;ray-worker"
     assert len(scrape_job_problems(job, resources)) == 2
 
-
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_ray_pod_serves_through_haproxy(overlay):
-    """The ingress `pavana up` chooses where HAProxy is found, in every Ray pod of every overlay:
-    Ray Serve reads it from each node's environment."""
-    from controller.ingress_mode import environment
-
-    wanted = {k: v for k, v in environment("haproxy").items() if k in ("RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_ENABLE_HA_PROXY")}
-    service = one(rendered(f"overlays/{overlay}"), "RayService")
-    cluster = service["spec"]["rayClusterConfig"]
-    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
-    for group in groups:
-        ray_container = group["template"]["spec"]["containers"][0]
-        env = {e["name"]: e.get("value") for e in ray_container.get("env", [])}
-        assert {k: env.get(k) for k in wanted} == wanted, (overlay, ray_container["name"])
