@@ -96,23 +96,26 @@ async def strike(fault: PlannedFault, target: ChaosTarget, traffic: Traffic, sto
                               "streams_in_flight": traffic.in_flight()}
     killed, planned_since, bound = None, None, bounds.redis_s
     pool = killed_pool(fault.kind)
-    if pool is not None:
-        site = rng.choice(target.spec.sites).name
-        deployment = deployment_name(pool, site)
-        killed, load = await in_thread(busiest_replica, target.app, deployment, rng)
-        await in_thread(kill_replica, target.app, deployment, killed)
-        record.update(target=f"{deployment}#{killed}", target_requests=load)
-        bound = bounds.replica_s
-    elif fault.kind == RECONCILER_KILL:
-        planned_since = time.time()
-        await in_thread(kill_reconciler)
-        record["target"] = "reconcile actor"
-        bound = bounds.reconciler_s
-    elif fault.kind == REDIS_RESTART:
-        await in_thread(target.redis.restart)
-        record["target"] = target.redis.url
-    else:
-        raise ValueError(f"kind: no such fault {fault.kind!r}")
+    try:
+        if pool is not None:
+            site = rng.choice(target.spec.sites).name
+            deployment = deployment_name(pool, site)
+            killed, load = await in_thread(busiest_replica, target.app, deployment, rng)
+            await in_thread(kill_replica, target.app, deployment, killed)
+            record.update(target=f"{deployment}#{killed}", target_requests=load)
+            bound = bounds.replica_s
+        elif fault.kind == RECONCILER_KILL:
+            planned_since = time.time()
+            await in_thread(kill_reconciler)
+            record["target"] = "reconcile actor"
+            bound = bounds.reconciler_s
+        elif fault.kind == REDIS_RESTART:
+            await in_thread(target.redis.restart)
+            record["target"] = target.redis.url
+        else:
+            raise ValueError(f"kind: no such fault {fault.kind!r}")
+    except Exception as exc:  # recorded, not injected; the run goes on
+        record["not_injected"] = f"{type(exc).__name__}: {exc}"
     try:
         record["whole_after_s"] = round(await cluster_whole(target, store, killed=killed, planned_since_s=planned_since, timeout_s=bound), 2)
     except NotWhole as exc:
@@ -168,11 +171,12 @@ async def run_chaos(
         "requests": len(records),
         "failed": sum(r.outcome == FAILED for r in records),
         "broken_streams": sum(r.outcome == BROKEN for r in records),
-        "faults_injected": len(faults),
+        "faults_injected": sum("not_injected" not in f for f in faults),
         "kv_blocks_leaked": sum(b["in_use"] for b in kv.values()),
         "client_retries": sum(r.retries for r in records),
         "faults_by_kind": by_kind,
         "faults_not_whole": sum("not_whole" in f for f in faults),
+        "faults_not_injected": sum("not_injected" in f for f in faults),
         "faults": faults,
         "kv_blocks": kv,
         "traffic_s": round(max((r.ended_s or 0.0) for r in records), 1) if records else 0.0,
