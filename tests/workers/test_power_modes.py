@@ -94,7 +94,12 @@ async def test_a_capped_engine_runs_at_its_throughput_fraction(tiny_llama_dir):
         await engine.shutdown()
         return elapsed
 
-    full, half = await decode_time(1.0), await decode_time(0.5)
-    assert half > 1.5 * full  # about twice as long: each step is followed by as long a pause
+    # The fastest of three interleaved runs each: a busy machine slows single runs at random.
+    times = {1.0: [], 0.5: []}
+    for _ in range(3):
+        for fraction in times:
+            times[fraction].append(await decode_time(fraction))
+    full, half = min(times[1.0]), min(times[0.5])
+    assert half > 1.5 * full, times  # about twice as long: each step is followed by as long a pause
     with pytest.raises(ValueError, match="throughput fraction"):
         AsyncEngine.set_throughput_fraction(AsyncEngine.__new__(AsyncEngine), 0.0)
