@@ -109,14 +109,6 @@ def kill_replica(app: str, deployment: str, replica_id: str) -> None:
     ray.kill(replica_actor(app, deployment, replica_id), no_restart=True)
 
 
-async def pool_whole(app: str, deployment: str, size: int, killed: str, timeout_s: float) -> float:
-    async def whole() -> bool:
-        ids = await in_thread(replica_ids, app, deployment)
-        return killed not in ids and await in_thread(running_replicas, app, deployment) >= size
-
-    return await until(whole, timeout_s, f"{deployment} back to {size} running replicas")
-
-
 # The reconcile actor ---------------------------------------------------------------------------
 
 def kill_reconciler() -> None:
@@ -133,18 +125,6 @@ def reconciler_answers() -> bool:
     from controller.reconcile import NAMESPACE, RECONCILER_NAME
 
     return bool(ray.get(ray.get_actor(RECONCILER_NAME, namespace=NAMESPACE).alive.remote(), timeout=5))
-
-
-async def reconciler_whole(store: Any, killed_at_s: float, timeout_s: float) -> float:
-    """The actor answers and a round has published a plan since the kill."""
-
-    async def whole() -> bool:
-        if not await in_thread(reconciler_answers):
-            return False
-        plan = await store.read_plan()
-        return plan is not None and plan.timestamp_s > killed_at_s
-
-    return await until(whole, timeout_s, "the reconcile actor back and planning")
 
 
 # Redis ----------------------------------------------------------------------------------------
@@ -208,16 +188,6 @@ class PrivateRedis:
     def restart(self) -> None:
         self.stop()
         self.start()
-
-
-async def telemetry_whole(store: Any, replicas: Callable[[], set[str]], timeout_s: float) -> float:
-    """Redis answers and holds a heartbeat of every live replica (`replicas()`: their ids)."""
-
-    async def whole() -> bool:
-        beating = {h.replica_id for h in (await store.snapshot()).heartbeats}
-        return not (await in_thread(replicas)) - beating
-
-    return await until(whole, timeout_s, "Redis back with every replica's heartbeat")
 
 
 # KV blocks after the traffic --------------------------------------------------------------------

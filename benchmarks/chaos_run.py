@@ -73,8 +73,11 @@ async def cluster_whole(target: ChaosTarget, store: Any, *, killed: str | None, 
 
     async def whole() -> bool:
         for deployment, size in target.deployments().items():
+            # A dead replica leaves Serve's named actors at once, while Serve may still count it
+            # running for a while: whole means as many live actors as the size, the killed one
+            # not among them, and Serve running that many.
             ids = await in_thread(replica_ids, target.app, deployment)
-            if killed in ids or await in_thread(running_replicas, target.app, deployment) < size:
+            if killed in ids or len(ids) < size or await in_thread(running_replicas, target.app, deployment) < size:
                 return False
         if not await in_thread(reconciler_answers):
             return False
