@@ -101,16 +101,17 @@ def print_fault(fault: dict[str, Any]) -> None:
 def print_result(result: dict[str, Any]) -> None:
     table = Table(title=f"Chaos: {result['faults_injected']} faults at {result['rate_rps']:.2f} req/s "
                         f"({LOAD:.0%} of {result['capacity_rps']:.2f}), seed {result['seed']}")
-    for col in ("requests", "failed", "broken streams", "faults", "KV blocks leaked", "client retries"):
-        table.add_column(col, justify="right")
+    for col in ("requests", "failed", "broken", "faults", "KV leaked", "retries"):
+        table.add_column(col, justify="right", no_wrap=True)
     table.add_row(str(result["requests"]), str(result["failed"]), str(result["broken_streams"]), str(result["faults_injected"]),
                   str(result["kv_blocks_leaked"]), str(result["client_retries"]))
     console.print(table)
-    faults = Table(title="Faults")
-    for col in ("#", "kind", "planned s", "at s", "target", "in flight", "whole after s", "touched", "failed", "broken"):
-        faults.add_column(col, justify="left" if col in ("kind", "target") else "right")
+    faults = Table(title="Faults (touched: requests in flight from the strike until whole again)")
+    for col in ("kind", "at s", "replica", "in flight", "whole s", "touched", "failed", "broken"):
+        faults.add_column(col, justify="left" if col in ("kind", "replica") else "right", no_wrap=True)
     for f in result["faults"]:
-        faults.add_row(str(f["index"]), f["kind"], f"{f['planned_s']:.1f}", f"{f['at_s']:.1f}", str(f.get("target", ""))[-40:],
+        replica = str(f.get("target", "")).split("#")[-1] if "#" in str(f.get("target", "")) else "-"
+        faults.add_row(f["kind"].split(":")[1], f"{f['at_s']:.0f}", replica if "not_injected" not in f else "NOT STRUCK",
                        str(f["streams_in_flight"]), f"{f['whole_after_s']:.1f}" if "whole_after_s" in f else "NOT WHOLE",
                        str(f["requests_touched"]), str(f["touched_failed"]), str(f["touched_broken"]))
     console.print(faults)
