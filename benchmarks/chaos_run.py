@@ -91,6 +91,20 @@ async def cluster_whole(target: ChaosTarget, store: Any, *, killed: str | None, 
     return await until(whole, timeout_s, "the cluster whole again")
 
 
+BUSY_WAIT_S = 20.0  # how long a replica kill waits for its pool to be serving something
+
+
+async def busy_replica(app: str, deployment: str, rng: random.Random) -> tuple[str, int]:
+    """The busiest replica of the pool, waiting (bounded) for a moment when it serves a
+    request, so that a kill lands under work where the traffic allows."""
+    deadline = time.monotonic() + BUSY_WAIT_S
+    while True:
+        replica_id, load = await in_thread(busiest_replica, app, deployment, rng)
+        if load > 0 or time.monotonic() > deadline:
+            return replica_id, load
+        await asyncio.sleep(0.05)
+
+
 async def strike(fault: PlannedFault, target: ChaosTarget, traffic: Traffic, store: Any, rng: random.Random, bounds: WholeBounds) -> dict[str, Any]:
     """Inject one fault now and wait for the cluster to be whole again; what happened."""
     from controller.app import deployment_name
@@ -103,7 +117,7 @@ async def strike(fault: PlannedFault, target: ChaosTarget, traffic: Traffic, sto
         if pool is not None:
             site = rng.choice(target.spec.sites).name
             deployment = deployment_name(pool, site)
-            killed, load = await in_thread(busiest_replica, target.app, deployment, rng)
+            killed, load = await busy_replica(target.app, deployment, rng)
             await in_thread(kill_replica, target.app, deployment, killed)
             record.update(target=f"{deployment}#{killed}", target_requests=load)
             bound = bounds.replica_s
