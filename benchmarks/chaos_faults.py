@@ -1,4 +1,5 @@
-"""The faults of `pavana bench chaos` and the conditions that say the cluster is whole again.
+"""The faults of `pavana bench chaos`, and what they are over (the conditions that say the
+cluster is whole again are checked all together by `benchmarks/chaos_run.cluster_whole`).
 
 - A pool replica killed: `ray.kill` of one replica actor of the pool (Serve names them
   `SERVE_REPLICA::<app>#<deployment>#<replica id>` in the `serve` namespace), as a crash
@@ -14,8 +15,9 @@
   Pavana's private server runs. Whole again when it answers and every live replica's heartbeat
   is back in it.
 
-Every wait is on a condition with a bound; a bound passed raises `NotWhole` naming what was
-missing, and the run records it rather than striking the next fault into a broken cluster.
+Every wait is on a condition with a bound (`until`); a bound passed raises `NotWhole` naming
+what was missing, and the run records it rather than striking the next fault into a broken
+cluster.
 """
 
 from __future__ import annotations
