@@ -85,8 +85,9 @@ async def cluster_whole(target: ChaosTarget, store: Any, *, killed: str | None, 
             plan = await store.read_plan()
             if plan is None or plan.timestamp_s <= planned_since_s:
                 return False
-        beating = {h.replica_id for h in (await store.snapshot()).heartbeats}
-        return not (await in_thread(target.replicas)) - beating
+        snapshot = await store.snapshot()  # stale: Redis not read, only the store's last good read
+        beating = {h.replica_id for h in snapshot.heartbeats}
+        return not snapshot.stale and not (await in_thread(target.replicas)) - beating
 
     return await until(whole, timeout_s, "the cluster whole again")
 
