@@ -110,8 +110,7 @@ async def strike(fault: PlannedFault, target: ChaosTarget, traffic: Traffic, sto
     """Inject one fault now and wait for the cluster to be whole again; what happened."""
     from controller.app import deployment_name
 
-    record: dict[str, Any] = {"index": fault.index, "kind": fault.kind, "planned_s": round(fault.at_s, 2), "at_s": round(traffic.clock(), 2),
-                              "streams_in_flight": traffic.in_flight()}
+    record: dict[str, Any] = {"index": fault.index, "kind": fault.kind, "planned_s": round(fault.at_s, 2)}
     killed, planned_since, bound = None, None, bounds.redis_s
     pool = killed_pool(fault.kind)
     try:
@@ -134,6 +133,7 @@ async def strike(fault: PlannedFault, target: ChaosTarget, traffic: Traffic, sto
             raise ValueError(f"kind: no such fault {fault.kind!r}")
     except Exception as exc:  # recorded, not injected; the run goes on
         record["not_injected"] = f"{type(exc).__name__}: {exc}"
+    record.update(at_s=round(traffic.clock(), 2), streams_in_flight=traffic.in_flight())  # struck now
     try:
         record["whole_after_s"] = round(await cluster_whole(target, store, killed=killed, planned_since_s=planned_since, timeout_s=bound), 2)
     except NotWhole as exc:
