@@ -27,7 +27,7 @@ START_LEAD_S = 0.05
 MAX_ERROR_CHARS = 500
 
 
-def _chunk_text(payload: dict) -> str:
+def chunk_text(payload: dict) -> str:
     """The text of a completion chunk (`choices[0].text`) or a chat chunk (`delta.content`)."""
     choices = payload.get("choices") or []
     if not choices:
@@ -65,7 +65,7 @@ async def _send(client: httpx.AsyncClient, request: HTTPRequest, record: Request
                 if payload.get("usage"):
                     record.usage_prompt_tokens = payload["usage"].get("prompt_tokens")
                     record.usage_completion_tokens = payload["usage"].get("completion_tokens")
-                if _chunk_text(payload):
+                if chunk_text(payload):
                     record.chunk_times_s.append(now)
                 choices = payload.get("choices") or []
                 if choices and choices[0].get("finish_reason"):

@@ -27,6 +27,8 @@ from typing import Any
 
 import httpx
 
+from bench.client import chunk_text
+
 OK, FAILED, BROKEN = "ok", "failed", "broken"
 MAX_CLIENT_RETRIES = 8
 RETRY_AFTER_CAP_S = 5.0
@@ -85,16 +87,6 @@ class StreamRecord:
         kept = asdict(self)
         kept.pop("text")
         return kept
-
-
-def chunk_text(payload: dict[str, Any]) -> str:
-    choices = payload.get("choices") or []
-    if not choices:
-        return ""
-    choice = choices[0]
-    if "delta" in choice:
-        return (choice.get("delta") or {}).get("content") or ""
-    return choice.get("text") or ""
 
 
 def answer_text(payload: dict[str, Any]) -> str:
