@@ -116,8 +116,8 @@ def find_capacity(url: str, tokenizer, spec, duration_s: float, *, start: float 
             break
         capacity, e2e = rate, probes[-1]["e2e_p50_s"]
         rate, seed = rate * growth, seed + 1
-    if capacity == 0.0:
-        raise RuntimeError(f"not even {start} req/s meets the interactive SLO on this machine")
+    if capacity == 0.0:  # not even `start` meets the SLO: the caller reports the probes
+        return 0.0, 0.0, probes
     for k in range(refine if failed_at is not None else 0):
         rate = (capacity + failed_at) / 2
         probes.append(probe(url, tokenizer, spec, rate, duration_s, 200 + k))
@@ -166,6 +166,13 @@ def main(quick: bool = False, json_path: Path | None = None) -> dict[str, Any]:
         open_spec = spec_for(ports, qos=False)
         with deployed(open_spec, "overload", ports) as url:
             capacity, e2e_at_capacity, probes = find_capacity(url, tokenizer, open_spec, probe_s)
+        if capacity == 0.0:
+            console.print(f"[red]not even {probes[0]['rate_rps']:g} req/s meets the interactive SLO on this machine: no capacity, no overload levels[/red]")
+            result = {"benchmark": "overload", "quick": quick, "machine": machine_info(), "command": command_line(),
+                      "wall_s": time.perf_counter() - started, "capacity_rps": 0.0, "capacity_probes": probes, "levels": {},
+                      "goals_met": False, "interactive_attainment_goal": INTERACTIVE_ATTAINMENT_GOAL}
+            write_json(json_path, result)
+            return result
         max_in_flight = max(2, math.ceil(capacity * e2e_at_capacity * 1.5))
         console.print(f"capacity {capacity:.2f} req/s; QoS max_in_flight {max_in_flight}; levels {', '.join(f'{x:g}x' for x in LEVELS)}")
         runs: dict[float, dict[str, dict[str, Any]]] = {}
