@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from cluster.spec import ClusterSpec, SpecError
+from controller.ingress_mode import DEFAULT as INGRESS_DEFAULT
 
 app = typer.Typer(help="Pavana: serve LLMs and multimodal models across a Ray cluster and across sites.", no_args_is_help=True)
 spec_app = typer.Typer(help="Check and show cluster specs.", no_args_is_help=True)
@@ -46,7 +48,7 @@ def up(
     record: Optional[Path] = typer.Option(None, "--record", help="append every control round (observation, memory, decisions) to this JSON-lines file"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Ray's and Serve's INFO lines and the replicas' output too"),
     host: str = typer.Option("127.0.0.1", "--host", help="interface the HTTP and gRPC APIs listen on (0.0.0.0: all; needs API keys)"),
-    ingress: str = typer.Option("proxy", "--ingress", help="how requests reach the router: proxy (Ray Serve's), haproxy, haproxy-optimized, or auto (HAProxy where found); local clusters only"),
+    ingress: str = typer.Option(INGRESS_DEFAULT, "--ingress", help="how requests reach the router: proxy (Ray Serve's), haproxy, haproxy-optimized, or auto (HAProxy where found); local clusters only"),
 ) -> None:
     """Start Ray (local unless --address), deploy the spec's pools and router, serve until Ctrl-C."""
     from controller.logs import configure, ray_logs_dir

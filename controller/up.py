@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.spec import ClusterSpec
+from controller.ingress_mode import DEFAULT as INGRESS_DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def check_exposure(host: str, *, insecure: bool) -> None:
         )
 
 
-def start_ray(spec: ClusterSpec, address: str | None, *, verbose: bool = False, host: str = LOOPBACK, ingress: str = "proxy") -> None:
+def start_ray(spec: ClusterSpec, address: str | None, *, verbose: bool = False, host: str = LOOPBACK, ingress: str = INGRESS_DEFAULT) -> None:
     """Join `address`, or start an embedded local cluster whose single node carries every
     site's custom resource, so all sites of the spec can be placed on one machine. `ingress`
     (`controller/ingress_mode.py`) applies to an embedded cluster; a joined one keeps its own."""
@@ -195,7 +196,7 @@ def up(
     record_path=None,
     verbose: bool = False,
     host: str = LOOPBACK,
-    ingress: str = "proxy",
+    ingress: str = INGRESS_DEFAULT,
 ) -> None:
     """Deploy and serve on `host` (HTTP and gRPC) until SIGINT/SIGTERM; then shut Serve (and
     an embedded Ray) down. `ingress`: how requests reach the ingress replicas

@@ -66,10 +66,10 @@ def ray_cluster():
     from controller.grpc_host import runtime_env
     from controller.serving import GRPC_SERVICER_FUNCTIONS
 
-    from controller.ingress_mode import apply, choose
+    from controller.ingress_mode import DEFAULT, apply, choose
 
     # The ingress `pavana up` serves through by default, unless PAVANA_TEST_INGRESS names another.
-    apply(choose(os.environ.get("PAVANA_TEST_INGRESS", "proxy"))[0])
+    apply(choose(os.environ.get("PAVANA_TEST_INGRESS", DEFAULT))[0])
     instance = ServeInstance(free_port(), free_port())
     sites = {f"site.{name}": 100 for name in ("local", "a", "b")}
     # gRPC on the loopback interface, as `pavana up` serves it.

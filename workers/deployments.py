@@ -76,7 +76,7 @@ def _replica_id() -> str:
 
 
 def _start_heartbeat(
-    telemetry: dict[str, Any] | None, pool: str, stage: str, site: str, stats, on_mode=None, engine_metrics=None
+    telemetry: dict[str, Any] | None, pool: str, stage: str, site: str, stats, on_mode=None, engine_metrics=None, replica_id: str | None = None
 ) -> Heartbeat | None:
     """Publish this replica's load to Redis every second and follow the planned power mode
     (`None`: telemetry is off)."""
@@ -84,7 +84,7 @@ def _start_heartbeat(
         return None
     settings = TelemetrySettings(**{**telemetry, "power_modes": tuple(tuple(m) for m in telemetry.get("power_modes", ()))})
     heartbeat = Heartbeat(
-        settings, pool=pool, stage=stage, site=site, replica_id=_replica_id(), stats=stats, on_mode=on_mode, engine_metrics=engine_metrics
+        settings, pool=pool, stage=stage, site=site, replica_id=replica_id or _replica_id(), stats=stats, on_mode=on_mode, engine_metrics=engine_metrics
     )
     heartbeat.start()
     return heartbeat
@@ -115,7 +115,7 @@ class LLMReplica:
         self.held = HeldRefs()  # KV hand-offs this replica has produced
         self.heartbeat = _start_heartbeat(
             telemetry, pool, self.stage, site, self.record_routing_stats, on_mode=self.power.apply,
-            engine_metrics=self.backend.metrics_text,
+            engine_metrics=self.backend.metrics_text, replica_id=self.replica_id,
         )
         log.info("%s replica up at site %s on the %s backend", self.stage, site, self.backend.name)
 

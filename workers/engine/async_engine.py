@@ -10,6 +10,7 @@ on the caller's side, so bad input fails the caller and nothing else.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import time
@@ -251,7 +252,7 @@ class AsyncEngine:
         if target is None:
             return
         sched = self.engine.scheduler
-        recent = [b[3] for b in self._busy if b[3].prefill_tokens > 0][-BUDGET_STEPS:]
+        recent = list(itertools.islice((b[3] for b in reversed(self._busy) if b[3].prefill_tokens > 0), BUDGET_STEPS))[::-1]
         # A paced replica (a power mode) idles after each step: its steps must be shorter.
         budget = token_budget(recent, tbt_target_s=target * self._throughput_fraction, chunk_size=sched.chunk_size,
                               running_decodes=len(sched.running))
