@@ -26,15 +26,17 @@ def address_on(host: str, address: str) -> str:
 
 
 def bind_grpc_proxy() -> None:
-    """The setup hook: from now on, this process's Serve gRPC server listens on $PAVANA_GRPC_HOST
-    (and, with the HAProxy ingress, HAProxy's own pages on its frontends' host)."""
+    """The setup hook: from now on, this process's Serve gRPC server listens on $PAVANA_GRPC_HOST,
+    and with the HAProxy ingress, the HAProxy configuration it renders is Pavana's
+    (`controller/haproxy_config.py`: its pages on the frontends' host, its errors in OpenAI's
+    shape, room for Pavana's header limits)."""
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        from controller.haproxy_config import install
+
+        install()
     host = os.environ.get(HOST_ENV)
     if not host:
         return
-    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
-        from controller.haproxy_host import bind_haproxy_pages
-
-        bind_haproxy_pages()
     from ray.serve._private import default_impl
 
     original = default_impl.add_grpc_address

